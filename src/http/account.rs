@@ -6,7 +6,9 @@
 //! end, and a third-party app asks for consent again). Providers are shown with their icons.
 //!
 //! Its forms post to `/account/…` with the session's CSRF token (see [`super::csrf`]) and answer
-//! `303 See Other` back to `/account?done=…`, which shows what was done. Without a session, the
+//! `303 See Other` back to `/account?done=…`, which shows what was done. Those that take
+//! something away (a sign-in method, a connection, an app's access) first answer with a page
+//! that says what will end, whose button posts the form again, confirmed. Without a session, the
 //! page sends the browser to the chooser, coming back here.
 
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use super::csrf;
 use super::extract::{ApiQuery, PageBytes, PagePath};
 use super::login::{provider_href, provider_label};
 use super::pages::icons::Icon;
-use super::pages::{Chrome, errors, live_session, login_url};
+use super::pages::{Chrome, Message, errors, live_session, login_url};
 use super::problem::ApiError;
 use crate::domain::{ClientId, Identity, IdentityId, ProfileKind, ProfileRef, ProfileStatus, TeamId, TeamRef};
 use crate::error::ErrorCode;
@@ -194,6 +196,15 @@ async fn show_account(
     }
 }
 
+/// Whether `identity` may be removed from a user with `identities`: not their only one, nor
+/// their only one a configured provider signs in with. The store decides when one is removed;
+/// this only says which it would refuse.
+fn removable(state: &AppState, identities: &[Identity], identity: &Identity) -> bool {
+    let sign_in = state.flows.providers().sign_in_issuers();
+    let others: Vec<&str> = identities.iter().filter(|i| i.id != identity.id).map(|i| i.issuer.as_str()).collect();
+    crate::domain::may_unlink(identity.issuer.as_str(), &others, &sign_in)
+}
+
 fn signed_in() -> errors::Context {
     errors::Context { return_to: Some("/account".into()), signed_in: true, retry: None }
 }
@@ -207,18 +218,11 @@ async fn account_page(
     let profile = &live.profile;
     let user = profile.user.id;
     let primary = profile.primary_identity_id.or_else(|| profile.identities.first().map(|i| i.id));
-    // The store decides when one is removed; this only says which it would refuse.
-    let sign_in = state.flows.providers().sign_in_issuers();
-    let removable = |identity: &Identity| {
-        let others: Vec<&str> =
-            profile.identities.iter().filter(|i| i.id != identity.id).map(|i| i.issuer.as_str()).collect();
-        crate::domain::may_unlink(identity.issuer.as_str(), &others, &sign_in)
-    };
     let identities: Vec<IdentityRow> = profile
         .identities
         .iter()
         .map(|identity| IdentityRow {
-            removable: removable(identity),
+            removable: removable(state, &profile.identities, identity),
             id: identity.id.to_string(),
             provider: provider_label(&identity.provider),
             icon: state.pages.icon(&identity.provider),
@@ -370,14 +374,69 @@ async fn act<F>(state: &AppState, headers: &HeaderMap, body: &Bytes, action: F) 
 where
     F: AsyncFnOnce(&LiveSession) -> Result<String, ApiError>,
 {
+    match form(state, headers, body).await {
+        Ok(live) => finish(state, headers, action(&live).await),
+        Err(response) => response,
+    }
+}
+
+/// The answer to an account action: back to the account page's notice (or where the action
+/// says), or an error page.
+fn finish(state: &AppState, headers: &HeaderMap, done: Result<String, ApiError>) -> Response {
+    match done {
+        Ok(to) => redirect(&to, &[]),
+        Err(error) => state.pages.error_in(headers, error, &signed_in()),
+    }
+}
+
+/// The field of a confirmed form: set by the button of its confirmation page.
+const CONFIRMED: &str = "confirmed";
+
+/// What a form that takes something away asks before it does (see [`act_confirmed`]).
+enum Ask {
+    /// Confirm: the page's title, what will end (in plain words), and its button's label.
+    Confirm { title: String, paragraphs: Vec<String>, button: String },
+    /// Nothing is left to take away (removed meanwhile, in another tab): back to the account
+    /// page's notice at this address, as the action itself would answer.
+    Gone(&'static str),
+}
+
+/// Runs an account action that takes something away (a sign-in method, a connection, an app's
+/// access), once confirmed: its form, posted from the account page, answers with a page that
+/// says what will end, with a button that posts the same form again (`path`, the CSRF token and
+/// the fields named in `carry`) with [`CONFIRMED`] — and Cancel, back to the account page. A
+/// click on the wrong row's button takes nothing away.
+async fn act_confirmed<A, F>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    (path, carry): (&str, &[&str]),
+    ask: A,
+    action: F,
+) -> Response
+where
+    A: AsyncFnOnce(&LiveSession) -> Result<Ask, ApiError>,
+    F: AsyncFnOnce(&LiveSession) -> Result<String, ApiError>,
+{
     let live = match form(state, headers, body).await {
         Ok(live) => live,
         Err(response) => return response,
     };
-    match action(&live).await {
-        Ok(to) => redirect(&to, &[]),
-        Err(error) => state.pages.error_in(headers, error, &signed_in()),
+    let fields = csrf::form_fields(body);
+    if csrf::field(&fields, CONFIRMED) == Some("yes") {
+        return finish(state, headers, action(&live).await);
     }
+    let (title, paragraphs, button) = match ask(&live).await {
+        Ok(Ask::Confirm { title, paragraphs, button }) => (title, paragraphs, button),
+        Ok(Ask::Gone(to)) => return redirect(to, &[]),
+        Err(error) => return finish(state, headers, Err(error)),
+    };
+    let mut posted: Vec<(String, String)> =
+        fields.into_iter().filter(|(name, _)| name == csrf::FIELD || carry.contains(&name.as_str())).collect();
+    posted.push((CONFIRMED.to_owned(), "yes".to_owned()));
+    let message = Message { paragraphs, signed_in: true, ..Message::default() };
+    let message = Message { title, ..message }.danger_action(button, path, posted).action("Cancel", "/account");
+    state.pages.message(StatusCode::OK, message)
 }
 
 #[utoipa::path(
@@ -385,9 +444,9 @@ where
     path = "/account/identities/{identity}/unlink",
     tag = "pages",
     operation_id = "account_unlink_identity",
-    summary = "Unlinks an identity (form).",
+    summary = "Unlinks an identity (form; asks to confirm first).",
     params(("identity" = String, Path, description = "An identity id (UUID)")),
-    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    request_body(content = crate::http::openapi::ConfirmedForm, content_type = "application/x-www-form-urlencoded"),
     responses(crate::http::openapi::PageResponses),
     security(("session" = [])),
 )]
@@ -397,7 +456,32 @@ async fn unlink_identity(
     PagePath(identity): PagePath<String>,
     PageBytes(body): PageBytes,
 ) -> Response {
-    act(&state, &headers, &body, async |live| {
+    let path = format!("/account/identities/{identity}/unlink");
+    let ask = async |live: &LiveSession| {
+        super::caller::require_recent(live)?;
+        let id = parse_identity(&identity)?;
+        let Some(found) = live.profile.identities.iter().find(|i| i.id == id) else {
+            return Ok(Ask::Gone("/account?done=gone"));
+        };
+        if !removable(&state, &live.profile.identities, found) {
+            return Err(IdentityError::LastIdentity.into());
+        }
+        let provider = provider_label(&found.provider);
+        let mut paragraphs = vec![match &found.email {
+            Some(email) => format!("You will no longer be able to sign in with {provider} ({email})."),
+            None => format!("You will no longer be able to sign in with {provider}."),
+        }];
+        if live.record.identity_id == Some(id) {
+            paragraphs.push(
+                "This browser signed in with it, so it will be signed out: sign in again with another of your methods."
+                    .into(),
+            );
+        }
+        paragraphs.push("You can link it again later from your account page.".into());
+        let button = format!("Remove {provider} sign-in");
+        Ok(Ask::Confirm { title: format!("Remove your {provider} sign-in?"), paragraphs, button })
+    };
+    act_confirmed(&state, &headers, &body, (&path, &[]), ask, async |live| {
         super::caller::require_recent(live)?;
         let user = live.profile.user.id;
         let identity = parse_identity(&identity)?;
@@ -453,9 +537,9 @@ async fn make_identity_primary(
     path = "/account/connections/{team}/{profile}/revoke",
     tag = "pages",
     operation_id = "revoke_connection",
-    summary = "Revokes a connection (form).",
+    summary = "Revokes a connection (form; asks to confirm first).",
     params(("team" = String, Path, description = "A team id (UUID)"), ("profile" = String, Path, description = "An auth profile id (UUID)")),
-    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    request_body(content = crate::http::openapi::ConfirmedForm, content_type = "application/x-www-form-urlencoded"),
     responses(crate::http::openapi::PageResponses),
     security(("session" = [])),
 )]
@@ -465,7 +549,29 @@ async fn revoke_connection(
     PagePath((team, profile)): PagePath<(String, String)>,
     PageBytes(body): PageBytes,
 ) -> Response {
-    act(&state, &headers, &body, async |live| {
+    let path = format!("/account/connections/{team}/{profile}/revoke");
+    let ask = async |live: &LiveSession| {
+        let (team_ref, profile_ref) = parse_connection(&team, &profile)?;
+        let found = match state.auth_profiles.get(&team_ref, live.profile.user.id, &profile_ref).await {
+            Ok(found) => found,
+            Err(AuthProfileError::ProfileNotFound | AuthProfileError::TeamNotFound) => {
+                return Ok(Ask::Gone("/account?done=connection-gone"));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let connector = state.auth_profiles.connector_label(&found.connector_key);
+        let team = live.profile.teams.iter().find(|m| m.team.id == found.team_id);
+        let team = team.map(|m| format!(" in {}", m.team.name)).unwrap_or_default();
+        let paragraphs = vec![
+            format!(
+                "Tessera will delete the credentials it keeps for {connector}{team}: the apps that act for you with this connection stop working until you connect it again."
+            ),
+            "You can connect it again later from your account page.".into(),
+        ];
+        let title = format!("Disconnect {}?", found.display_name);
+        Ok(Ask::Confirm { title, paragraphs, button: "Disconnect".into() })
+    };
+    act_confirmed(&state, &headers, &body, (&path, &[]), ask, async |live| {
         let (team, profile) = parse_connection(&team, &profile)?;
         let request_id = super::audit::request_id_of(&headers);
         match state.auth_profiles.revoke(&team, live.profile.user.id, &profile, request_id).await {
@@ -544,19 +650,41 @@ async fn sign_out_others(
     path = "/account/apps/remove",
     tag = "pages",
     operation_id = "remove_app",
-    summary = "Removes an app's access to the account (form: `csrf`, `client`).",
+    summary = "Removes an app's access to the account (form: `csrf`, `client`; asks to confirm first).",
     request_body(content = crate::http::openapi::RemoveAppForm, content_type = "application/x-www-form-urlencoded"),
     responses(crate::http::openapi::PageResponses),
     security(("session" = [])),
 )]
 async fn remove_app(State(state): State<Arc<AppState>>, headers: HeaderMap, PageBytes(body): PageBytes) -> Response {
-    act(&state, &headers, &body, async |live| {
-        let fields = csrf::form_fields(&body);
-        // The id travels in the form, not the path: an id such as `..` would not survive a path.
+    let fields = csrf::form_fields(&body);
+    // The id travels in the form, not the path: an id such as `..` would not survive a path.
+    let client = || {
         let client = csrf::field(&fields, "client").and_then(|id| ClientId::parse(id).ok());
-        let (Some(op), Some(client)) = (&state.op, client) else {
-            return Err(ApiError::new(ErrorCode::ClientNotFound, "no app has this id"));
+        match (&state.op, client) {
+            (Some(op), Some(client)) => Ok((op, client)),
+            _ => Err(ApiError::new(ErrorCode::ClientNotFound, "no app has this id")),
+        }
+    };
+    let ask = async |live: &LiveSession| {
+        let (op, client) = client()?;
+        let apps = op.apps_of(live.profile.user.id).await?;
+        // Nothing left to remove (a second click, another tab) is the end asked for.
+        let Some(app) = apps.into_iter().find(|app| app.client_id == client.as_str()) else {
+            return Ok(Ask::Gone("/account?done=app-removed"));
         };
+        let name = app.client_name;
+        let mut paragraphs = vec![format!(
+            "{name} will no longer have access to your account: the access it has now ends{}.",
+            if app.offline { ", including what it keeps while you are signed out" } else { "" }
+        )];
+        paragraphs.push(match app.first_party {
+            true => format!("To use {name} again, sign in to it again."),
+            false => format!("To use {name} again, sign in to it again: it will ask for your consent again."),
+        });
+        Ok(Ask::Confirm { title: format!("Remove {name}'s access?"), paragraphs, button: "Remove access".into() })
+    };
+    act_confirmed(&state, &headers, &body, ("/account/apps/remove", &["client"]), ask, async |live| {
+        let (op, client) = client()?;
         // Nothing left to remove (a second click, another tab) is the end asked for.
         op.remove_app(live.profile.user.id, client.as_str(), super::audit::request_id(&headers)).await?;
         Ok("/account?done=app-removed".to_owned())

@@ -200,7 +200,19 @@ pub struct LinkForm {
     return_to: Option<String>,
 }
 
-/// The form of `POST /account/apps/remove`.
+/// The form of an account-page action that takes something away (a sign-in method, a
+/// connection): without `confirmed`, it answers with a page asking to confirm.
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "a schema only: the form is parsed by the handler")]
+pub struct ConfirmedForm {
+    /// The CSRF token of the page that showed the form.
+    csrf: String,
+    /// `yes` once confirmed (the confirmation page's button sends it).
+    confirmed: Option<String>,
+}
+
+/// The form of `POST /account/apps/remove`: without `confirmed`, it answers with a page asking
+/// to confirm.
 #[derive(ToSchema)]
 #[expect(dead_code, reason = "a schema only: the form is parsed by the handler")]
 pub struct RemoveAppForm {
@@ -208,6 +220,8 @@ pub struct RemoveAppForm {
     csrf: String,
     /// The app's client id.
     client: String,
+    /// `yes` once confirmed (the confirmation page's button sends it).
+    confirmed: Option<String>,
 }
 
 /// The form parameters of an OAuth or OpenID Connect request (RFC 6749 and the specifications

@@ -241,12 +241,14 @@ pub struct Action {
     pub href: String,
     /// A form's fields, posted to `href`; none for a link.
     pub fields: Vec<(String, String)>,
+    /// It takes something away (shown as such).
+    pub danger: bool,
 }
 
 impl Action {
     /// A next step.
     pub fn new(label: impl Into<String>, href: impl Into<String>) -> Self {
-        Self { label: label.into(), href: href.into(), fields: Vec::new() }
+        Self { label: label.into(), href: href.into(), fields: Vec::new(), danger: false }
     }
 }
 
@@ -285,6 +287,17 @@ impl Message {
         fields: Vec<(String, String)>,
     ) -> Self {
         self.actions.push(Action { fields, ..Action::new(label, href) });
+        self
+    }
+
+    /// Adds a next step that posts `fields` to `href` and takes something away.
+    pub fn danger_action(
+        mut self,
+        label: impl Into<String>,
+        href: impl Into<String>,
+        fields: Vec<(String, String)>,
+    ) -> Self {
+        self.actions.push(Action { fields, danger: true, ..Action::new(label, href) });
         self
     }
 }

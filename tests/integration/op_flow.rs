@@ -17,7 +17,7 @@ use tessera::service::op::keys::{SigningKeySettings, SigningKeys};
 use tessera_testkit::local_issuer::{StubUser, UPSTREAM_SESSION_AGE_SECONDS};
 
 use crate::helpers::{Backend, TestApp, eventually, json as body, on_both_backends, send_at_once};
-use crate::pages::csrf_of;
+use crate::pages::{confirmed, csrf_of};
 use crate::signin::{Browser, World, location, world_with};
 
 on_both_backends!(
@@ -2920,6 +2920,12 @@ async fn a_user_removes_an_apps_access_from_the_account_page(backend: Backend) {
     // Not an app's id: a page that says so.
     let bad = browser.form(&w.app.url("/account/apps/remove"), &[("csrf", &token), ("client", "../x")]).await;
     assert_eq!(bad.status(), StatusCode::NOT_FOUND);
+    // The button asks first, saying what ends: nothing does until its page is answered.
+    let asked = browser.form(&w.app.url("/account/apps/remove"), &[("csrf", &token), ("client", &client)]).await;
+    let asked = html_of(asked).await;
+    assert!(asked.contains("Remove Web app&#39;s access?") && asked.contains("while you are signed out"), "{asked}");
+    assert!(!asked.contains("consent"), "a first-party app never asks for it: {asked}");
+    assert_eq!(introspect(&w.app, creds, access).await["active"], true);
 
     // Removed many times at once: one removal, one audit row, every grant of the app ended.
     let cookie: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -2930,7 +2936,7 @@ async fn a_user_removes_an_apps_access_from_the_account_page(backend: Backend) {
                 .post(w.app.url("/account/apps/remove"))
                 .header("cookie", cookie.join("; "))
                 .header("accept", "text/html")
-                .form(&[("csrf", token.as_str()), ("client", client.as_str())])
+                .form(&[("csrf", token.as_str()), ("client", client.as_str()), ("confirmed", "yes")])
         })
         .collect();
     for response in send_at_once(&removals).await {
@@ -2962,7 +2968,9 @@ async fn a_user_removes_an_apps_access_from_the_account_page(backend: Backend) {
 
     // Removing the partner forgets its consent: it asks again.
     let token = csrf_of(&page);
-    let done = browser.form(&w.app.url("/account/apps/remove"), &[("csrf", &token), ("client", &partner)]).await;
+    let fields = [("csrf", token.as_str()), ("client", partner.as_str())];
+    let remove = w.app.url("/account/apps/remove");
+    let done = confirmed(&mut browser, &remove, &fields, "ask for your consent again").await;
     assert_eq!(location(&done), "/account?done=app-removed");
     assert_eq!(sql.count("oauth_consents").await, 0);
     consent_request(&mut browser, &w.app, &partner, &challenge).await;

@@ -117,6 +117,31 @@ async fn sign_in(browser: &mut Browser, app: &TestApp, provider: &str) -> reqwes
     browser.sign_in(app, &format!("provider={provider}")).await
 }
 
+/// Posts a form that takes something away (`fields` to `url`, as the account page's button
+/// does), checks that it answers with a confirmation page that says `what` and offers Cancel,
+/// and posts that page's own form: its answer.
+pub async fn confirmed(browser: &mut Browser, url: &str, fields: &[(&str, &str)], what: &str) -> reqwest::Response {
+    let page = html(browser.form(url, fields).await, StatusCode::OK).await;
+    assert!(
+        page.contains(what) && page.contains("<a class=\"button secondary\" href=\"/account\">Cancel</a>"),
+        "{page}"
+    );
+    let action = page.split("<form class=\"inline\" method=\"post\" action=\"").nth(1).expect("a form");
+    let action = action.split('"').next().unwrap();
+    assert!(url.ends_with(action), "{action} posts back to {url}");
+    let hidden: Vec<(&str, &str)> = page
+        .split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .map(|rest| {
+            let (name, rest) = rest.split_once("\" value=\"").unwrap();
+            (name, rest.split('"').next().unwrap())
+        })
+        .collect();
+    assert!(hidden.contains(&("confirmed", "yes")) && hidden.iter().all(|(_, v)| !v.contains('&')), "{hidden:?}");
+    assert!(page.contains("<button type=\"submit\" class=\"danger\">"), "{page}");
+    browser.form(url, &hidden).await
+}
+
 /// The CSRF token of a page's forms.
 pub fn csrf_of(page: &str) -> String {
     page.split("name=\"csrf\" value=\"").nth(1).expect("a CSRF field").split('"').next().unwrap().to_owned()
@@ -387,11 +412,18 @@ async fn the_account_page_shows_the_user_and_its_forms_need_the_csrf_token(backe
     let made = browser.form(&w.app.url(&format!("/account/identities/{second}/primary")), &[("csrf", &token)]).await;
     assert_eq!(location(&made), "/account?done=primary");
     assert_eq!(body(browser.me(&w.app).await, 200).await["primary_identity_id"], second.as_str());
-    let done = browser.form(&unlink, &[("csrf", &token)]).await;
+    // The button asks first: nothing is removed until its page is answered.
+    let asked = html(browser.form(&unlink, &[("csrf", &token)]).await, StatusCode::OK).await;
+    assert!(asked.contains("Remove your Second sign-in?") && asked.contains("sign in with Second"), "{asked}");
+    assert!(!asked.contains("This browser signed in with it"), "{asked}");
+    assert_eq!(body(browser.me(&w.app).await, 200).await["identities"].as_array().unwrap().len(), 2);
+    let done = confirmed(&mut browser, &unlink, &[("csrf", &token)], "Remove Second sign-in").await;
     assert_eq!(location(&done), "/account?done=unlinked");
-    // The same click again (a double click whose first answer the browser dropped): done
-    // already, not "page not found".
-    assert_eq!(location(&browser.form(&unlink, &[("csrf", &token)]).await), "/account?done=unlinked");
+    // The confirmation again (a double click whose first answer the browser dropped): done
+    // already, not "page not found"; the button of a page shown before: it is gone.
+    let again = browser.form(&unlink, &[("csrf", &token), ("confirmed", "yes")]).await;
+    assert_eq!(location(&again), "/account?done=unlinked");
+    assert_eq!(location(&browser.form(&unlink, &[("csrf", &token)]).await), "/account?done=gone");
     // Made primary from a tab opened before the removal: the page says it is gone.
     let primary = w.app.url(&format!("/account/identities/{second}/primary"));
     assert_eq!(location(&browser.form(&primary, &[("csrf", &token)]).await), "/account?done=gone");
@@ -411,7 +443,8 @@ async fn the_account_page_shows_the_user_and_its_forms_need_the_csrf_token(backe
     let start = browser.request_from("same-origin", Method::GET, &link).await;
     let back = browser.get(&location(&start)).await;
     assert_eq!(location(&browser.get(&location(&back)).await), "/account?done=linked");
-    let own = browser.form(&w.app.url(&format!("/account/identities/{last}/unlink")), &[("csrf", &token)]).await;
+    let own_url = w.app.url(&format!("/account/identities/{last}/unlink"));
+    let own = confirmed(&mut browser, &own_url, &[("csrf", &token)], "This browser signed in with it").await;
     assert_eq!(location(&own), "/login?return_to=%2Faccount&done=unlinked");
     let page = html(browser.navigate(&w.app.url(&location(&own))).await, StatusCode::OK).await;
     assert!(page.contains("you had signed in with was removed, so you are signed out"), "{page}");
@@ -812,9 +845,16 @@ async fn connected_accounts_are_listed_and_can_be_disconnected(backend: Backend)
     let other = json!({"connector_key": "openai", "profile_kind": "env", "display_name": "Other", "slug": "issues"});
     body(browser.json(Method::POST, &profiles, &other).await, 201).await;
     html(browser.form(&revoke, &[]).await, StatusCode::FORBIDDEN).await;
-    let done = browser.form(&revoke, &[("csrf", &token)]).await;
+    // The button asks first, naming what it ends.
+    let asked = html(browser.form(&revoke, &[("csrf", &token)]).await, StatusCode::OK).await;
+    assert!(asked.contains("Disconnect My &#60;Issues&#62;?") && asked.contains("for Issue tracker in "), "{asked}");
+    assert_eq!(body(browser.get(&format!("{profiles}/old-issues")).await, 200).await["status"], "active");
+    let done = confirmed(&mut browser, &revoke, &[("csrf", &token)], "Disconnect My &#60;Issues&#62;?").await;
     assert_eq!(location(&done), "/account?done=revoked");
-    assert_eq!(location(&browser.form(&revoke, &[("csrf", &token)]).await), "/account?done=revoked", "again");
+    let again = browser.form(&revoke, &[("csrf", &token), ("confirmed", "yes")]).await;
+    assert_eq!(location(&again), "/account?done=revoked", "again");
+    let shown_before = browser.form(&revoke, &[("csrf", &token)]).await;
+    assert_eq!(location(&shown_before), "/account?done=connection-gone");
     body(browser.get(&format!("{profiles}/old-issues")).await, 404).await;
     let kept = body(browser.get(&format!("{profiles}/issues")).await, 200).await;
     assert_eq!((&kept["display_name"], &kept["status"]), (&json!("Other"), &json!("pending_auth")));

@@ -178,6 +178,10 @@ def main():
         expect(page.get_by_role("status").inner_text().startswith("The sign-in method is linked"), "notice")
         check_page(page, "account-linked", "Your account")
         page.get_by_role("button", name="Remove Second sign-in").click()
+        # It asks first, on a page of its own whose button says the same.
+        page.wait_for_load_state()
+        check_page(page, "confirm-unlink", "Remove your Second sign-in?")
+        page.get_by_role("button", name="Remove Second sign-in").click()
         page.wait_for_url(re.compile(r"/account\?done=unlinked$"))
         expect(identities(page) == 1, "one sign-in method after removing")
         check_page(page, "account-unlinked", "Your account")
@@ -285,6 +289,11 @@ def main():
         expect(page.get_by_text("issues:read").count() == 1, "the scopes are listed")
         check_page(page, "account-connected", "Your account")
         page.get_by_role("button", name="Disconnect My Issues").click()
+        # It asks first, on a page of its own.
+        page.wait_for_load_state()
+        check_page(page, "confirm-disconnect", "Disconnect My Issues?")
+        expect(page.get_by_text("My Issues").count() >= 1, "names what it ends")
+        page.get_by_role("button", name="Disconnect", exact=True).click()
         page.wait_for_url(re.compile(r"/account\?done=revoked$"))
         expect(page.get_by_text("My Issues").count() == 0, "disconnected")
 
