@@ -109,17 +109,25 @@ pub struct DeletedUser {
 }
 
 /// The filters of [`list_users`] beside the one its rows are driven from, after `FROM … u`
-/// and the driving table's own condition.
+/// and the driving table's own condition, in user order by `$order` (the user's id, or the
+/// driving table's copy of it: SQLite does not see that a join makes them the same, and would
+/// read every row after the cursor to sort them by the other).
 macro_rules! user_filters {
     () => {
-        " AND ($1 IS NULL OR u.email_key = $1)
+        user_filters!("u.id")
+    };
+    ($order:literal) => {
+        concat!(
+            " AND ($1 IS NULL OR u.email_key = $1)
           AND ($2 IS NULL OR EXISTS (SELECT 1 FROM identities i
                                      WHERE i.user_id = u.id AND i.issuer = $2 AND i.subject = $3))
           AND ($4 IS NULL OR EXISTS (SELECT 1 FROM memberships m WHERE m.user_id = u.id AND m.team_id = $4))
           AND ($5 = FALSE OR u.disabled = $6)
           AND u.id > $7
-         ORDER BY u.id
-         LIMIT $8"
+         ORDER BY ",
+            $order,
+            " LIMIT $8"
+        )
     };
 }
 
@@ -139,7 +147,7 @@ pub(super) const USERS_OF_TEAM: &str = concat!(
     user_columns!(),
     // The cursor on the driving table too: PostgreSQL does not carry `u.id > $7` over the join.
     " FROM memberships t JOIN users u ON u.id = t.user_id WHERE t.team_id = $4 AND t.user_id > $7",
-    user_filters!()
+    user_filters!("t.user_id")
 );
 /// [`list_users`] with none of those filters.
 pub(super) const USERS: &str = concat!("SELECT ", user_columns!(), " FROM users u WHERE TRUE", user_filters!());

@@ -2097,7 +2097,8 @@ mod tests {
             (super::super::sql::DELIVERIES, "(endpoint_id=? AND event_seq<?)"),
         ] {
             let plan = plan(sql).await;
-            assert!(plan.contains(seek), "{sql}: {plan}");
+            // …and reads its page in order, not every row after the cursor to sort them.
+            assert!(plan.contains(seek) && !plan.contains("TEMP B-TREE"), "{sql}: {plan}");
         }
     }
 
