@@ -1241,6 +1241,15 @@ async fn client_credentials_tokens_name_the_client(backend: Backend) {
         ("client_secret", secret.as_str()),
     ]);
     assert_eq!(oauth_error(both.send().await.unwrap(), 400).await, "invalid_request", "two authentication methods");
+    // `audience` (as some libraries send it) names a target for token exchange only: elsewhere it
+    // is refused, not dropped for a token of another audience than the one asked for.
+    let https_api = "https://api.example.com";
+    let asked = w.app.client.post(w.app.url("/oauth/token")).basic_auth(&client, Some(&secret));
+    let asked = asked.form(&[("grant_type", "client_credentials"), ("audience", https_api)]);
+    assert_eq!(oauth_error(asked.send().await.unwrap(), 400).await, "invalid_target");
+    let asked = w.app.client.post(w.app.url("/oauth/token")).basic_auth(&other, Some(&other_secret));
+    let asked = asked.form(&[("grant_type", "authorization_code"), ("code", "x"), ("audience", https_api)]);
+    assert_eq!(oauth_error(asked.send().await.unwrap(), 400).await, "invalid_target");
     // A blank scope names none (not a token of no scope); one longer than the authorization
     // endpoint takes is refused before it is split.
     let long: Vec<String> = (0..3000).map(|n| format!("s{n}")).collect();

@@ -300,6 +300,11 @@ impl OpenIdProvider {
         if !client.allows(grant) {
             return Err(OAuthError::unauthorized_client(format!("this client may not use {}", grant.as_str())));
         }
+        // Some libraries send `audience` where RFC 8707 says `resource`: dropped, it would get a
+        // token for another audience than the one asked for.
+        if form.audience.is_some() && grant != GrantType::TokenExchange {
+            return Err(OAuthError::invalid_target("audience is for token exchange; name the API with resource"));
+        }
         match grant {
             GrantType::AuthorizationCode => self.exchange_code(&client, form, x_request_id).await,
             GrantType::RefreshToken => self.refresh(&client, form, x_request_id).await,
