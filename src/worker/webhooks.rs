@@ -365,12 +365,13 @@ async fn deliver_to(
             };
             // Attempts are requests: a delivery failed for good unsent (the backlog behind an
             // overdue one, an event no longer wanted, a key that cannot be read) is `dropped`,
-            // and one put off unsent (a key to retry with) counts nothing.
-            if !final_without_request && !unsigned {
-                crate::observability::record_webhook_attempt(endpoint.id, result);
-            } else if retry_at.is_none() {
-                crate::observability::record_webhook_attempt(endpoint.id, "dropped");
-            }
+            // and one put off unsent (a key to retry with) counts nothing. Counted once recorded
+            // (below): an outcome the endpoint's change meanwhile discarded is no outcome.
+            let counted = match (!final_without_request && !unsigned, retry_at) {
+                (true, _) => Some(result),
+                (false, None) => Some("dropped"),
+                (false, Some(_)) => None,
+            };
             match (&error, retry_at) {
                 (None, _) => tracing::debug!(webhook = %endpoint.id, event = %job.event_id, "webhook delivered"),
                 (Some(e), Some(_)) => {
@@ -382,7 +383,11 @@ async fn deliver_to(
             }
             let attempt = Attempt { at, status, error, retry_at, scheduled_at: job.scheduled_at };
             match webhooks.store().record_attempt(endpoint, job.id, &attempt).await {
-                Ok(true) => {}
+                Ok(true) => {
+                    if let Some(result) = counted {
+                        crate::observability::record_webhook_attempt(endpoint.id, result);
+                    }
+                }
                 Ok(false) => {
                     // Disabled, deleted, given another URL or replayed while this batch was under
                     // way: nothing more goes to the endpoint as it was leased.

@@ -51,12 +51,15 @@ pub(crate) struct Received {
     pub(crate) raw: Bytes,
 }
 
-/// A webhook receiver: records every request; answers 503 while `failing`, after `slow_ms`.
+/// A webhook receiver: records every request; answers 503 while `failing`, after `slow_ms`,
+/// and not while `held` (until [`Receiver::release`]).
 #[derive(Clone, Default)]
 pub(crate) struct Receiver {
     got: Arc<Mutex<Vec<Received>>>,
     failing: Arc<AtomicBool>,
     slow_ms: Arc<AtomicU64>,
+    held: Arc<AtomicBool>,
+    released: Arc<tokio::sync::Notify>,
     pub(crate) url: String,
 }
 
@@ -74,6 +77,17 @@ impl Receiver {
         self.got.lock().unwrap().clone()
     }
 
+    /// Answers no request until [`Receiver::release`]: a request in flight while the test acts.
+    pub(crate) fn hold(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Answers the requests held, and the next ones.
+    pub(crate) fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
+        self.released.notify_waiters();
+    }
+
     /// The event type of every request, in order of arrival.
     pub(crate) fn types(&self) -> Vec<String> {
         self.all().iter().map(|r| r.body["type"].as_str().unwrap().to_owned()).collect()
@@ -89,6 +103,13 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
         body: serde_json::from_slice(&body).unwrap(),
         raw: body,
     });
+    loop {
+        let released = receiver.released.notified();
+        if !receiver.held.load(Ordering::SeqCst) {
+            break;
+        }
+        released.await;
+    }
     let slow = receiver.slow_ms.load(Ordering::SeqCst);
     if slow > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
@@ -282,12 +303,13 @@ async fn a_replay_sends_events_again(backend: Backend) {
 
     let since = before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let path = format!("/admin/webhooks/{id}/replay?since={}", since.replace('+', "%2B"));
-    // Slowly answered, so that the replayed later event still waits behind the earlier one.
-    receiver.slow_ms.store(1500, Ordering::SeqCst);
+    // Not answered yet, so that the replayed later event still waits behind the earlier one.
+    receiver.hold();
     let replayed = json(app.admin(Method::POST, &path).send().await.unwrap(), 202).await;
     assert_eq!(replayed["scheduled"], 2);
     // A delivery scheduled again shows no attempt of its earlier series.
     let log = deliveries(&app, &id).await;
+    receiver.release();
     let waiting: Vec<_> = log.iter().filter(|d| d["attempts"] == 0).collect();
     assert!(!waiting.is_empty(), "{log:?}");
     for d in waiting {
@@ -389,31 +411,42 @@ async fn an_endpoint_enabled_again_sends_what_waited_for_it(backend: Backend) {
     })
     .await;
     let receiver = Receiver::start().await;
-    receiver.slow_ms.store(3000, Ordering::SeqCst);
+    receiver.hold();
+    receiver.failing.store(true, Ordering::SeqCst);
     let (id, _) = register(&app, json!({ "url": receiver.url })).await;
     for name in ["first", "second"] {
         json(app.bootstrap(&identity(name, &format!("{name}@example.com"), None)).await, 201).await;
     }
-    // The first is being sent (slowly) when the endpoint is disabled, which leaves its answer
-    // unrecorded; the second waits behind it.
+    // The first is being sent (its answer held) when the endpoint is disabled, which leaves its
+    // answer unrecorded; the second waits behind it.
     eventually("the first delivery is under way, the second queued", || async {
         receiver.all().len() == 1 && deliveries(&app, &id).await.len() == 2
     })
     .await;
     let path = format!("/admin/webhooks/{id}");
     json(app.admin(Method::PATCH, &path).json(&json!({ "enabled": false })).send().await.unwrap(), 200).await;
-    // Past the first one's answer and past both's time to give up.
-    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    // Past both's time to give up, the first answered with a failure (which, recorded, would fail
+    // it for good).
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    receiver.release();
     let log = deliveries(&app, &id).await;
     assert!(log.iter().all(|d| d["state"] == "pending"), "a disabled endpoint's deliveries wait: {log:?}");
-    receiver.slow_ms.store(0, Ordering::SeqCst);
+    receiver.failing.store(false, Ordering::SeqCst);
     json(app.admin(Method::PATCH, &path).json(&json!({ "enabled": true })).send().await.unwrap(), 200).await;
     eventually("both deliveries are sent", || async {
         deliveries(&app, &id).await.iter().all(|d| d["state"] == "delivered")
     })
     .await;
-    // The first again (its answer was not recorded), then the second.
+    // The first again (its answer was not recorded), then the second; the answer not recorded
+    // is not counted either (as a failure for good it would call for an alert).
     assert_eq!(receiver.types(), ["user.created", "user.created", "user.created"]);
+    let counted_at = async |app: &TestApp, result: &str| {
+        let (_, samples) = crate::metrics::scrape(app).await;
+        let labels = [("endpoint", id.as_str()), ("result", result)];
+        crate::metrics::value(&samples, "tessera_webhook_attempts_total", &labels)
+    };
+    eventually("both deliveries are counted", || async { counted_at(&app, "delivered").await == 2.0 }).await;
+    assert_eq!((counted_at(&app, "failed").await, counted_at(&app, "retry").await), (0.0, 0.0));
     app.stop().await;
 }
 
