@@ -30,7 +30,7 @@ pub use model::{
 pub use return_to::{ReturnTo, ReturnToError};
 pub use slug::{Slug, SlugError};
 pub use team_ref::{IdOrSlug, ProfileRef, RefError, TeamRef};
-pub use text::{DisplayName, Subject, TextError, is_hidden_control, provider_label};
+pub use text::{DisplayName, Subject, TextError, is_hidden_control, is_invisible, provider_label};
 pub use webhook::{DeliveryJob, DeliveryState, WebhookDelivery, WebhookEndpoint, endpoint_url, is_forbidden_ip};
 
 /// The current time at the precision the databases keep (microseconds), so that a record

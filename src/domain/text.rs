@@ -26,6 +26,17 @@ pub fn is_hidden_control(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Whether `c` cannot be seen where it stands: a soft hyphen, a zero-width character, a
+/// direction mark, embedding, override or isolate, a line or paragraph separator, an invisible
+/// operator, a byte order mark. Pasted into a secret, such a character makes it wrong without
+/// showing it.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}'
+    )
+}
+
 /// The longest provider label a bootstrap or an import takes: a DNS name's longest, since an
 /// issuer entry without a `name` is named after its host (a `name` set is 1 to 64 characters),
 /// and an export writes what identities record.

@@ -137,6 +137,10 @@ pub enum EnvProblem {
     /// A value that does not match the field's pattern.
     #[error("`{0}` does not have the expected form ({1})")]
     PatternMismatch(String, String),
+    /// A value with spaces around it or a character that cannot be seen (a zero-width space, a
+    /// byte order mark…): a paste that took more than the value.
+    #[error("`{0}` starts or ends with a space, or holds a character that cannot be seen; paste the value alone")]
+    Invisible(String),
 }
 
 impl EnvProblem {
@@ -150,6 +154,11 @@ impl EnvProblem {
             EnvProblem::ControlCharacter(_) => {
                 format!("{label} contains a line break or another control character: paste the value alone.")
             }
+            EnvProblem::Invisible(_) => {
+                format!(
+                    "{label} starts or ends with a space, or holds a character you cannot see: paste the value alone."
+                )
+            }
             EnvProblem::PatternMismatch(..) => {
                 format!("{label} does not look right: check that you copied the whole value, and only it.")
             }
@@ -162,7 +171,9 @@ impl EnvProblem {
             EnvProblem::Unknown(..) => ErrorCode::UnknownEnvField,
             EnvProblem::Missing(_) => ErrorCode::MissingEnvField,
             EnvProblem::TooLong(_) => ErrorCode::FieldTooLong,
-            EnvProblem::ControlCharacter(_) | EnvProblem::PatternMismatch(..) => ErrorCode::InvalidEnvValue,
+            EnvProblem::ControlCharacter(_) | EnvProblem::Invisible(_) | EnvProblem::PatternMismatch(..) => {
+                ErrorCode::InvalidEnvValue
+            }
         }
     }
 }
@@ -187,7 +198,7 @@ fn shown_name(name: &str, known: &[&str]) -> Option<String> {
 /// What an error says in place of a name [`shown_name`] does not repeat.
 const UNSHOWN_NAME: &str = "(a name that is not a field name)";
 
-/// Checks `values` against the connector's fields; empty values count as absent.
+/// Checks `values` against the connector's fields; empty or blank values count as absent.
 pub fn check_env_values(
     connector: &ConnectorConfig,
     values: &BTreeMap<String, SecretString>,
@@ -203,7 +214,7 @@ pub fn check_env_values(
     }
     let mut checked = Vec::with_capacity(connector.fields.len());
     for field in &connector.fields {
-        let value = values.get(&field.name).filter(|v| !v.expose_secret().is_empty());
+        let value = values.get(&field.name).filter(|v| !v.expose_secret().trim().is_empty());
         let Some(value) = value else {
             if field.optional {
                 continue;
@@ -216,6 +227,9 @@ pub fn check_env_values(
         }
         if text.chars().any(char::is_control) {
             return Err(refuse(EnvProblem::ControlCharacter(field.name.clone()), Some(field.name.clone())));
+        }
+        if text.trim() != text || text.chars().any(crate::domain::is_invisible) {
+            return Err(refuse(EnvProblem::Invisible(field.name.clone()), Some(field.name.clone())));
         }
         if let Some(pattern) = &field.pattern
             && !pattern.matches(text)
@@ -253,9 +267,21 @@ fn check_browser_session(input: &BrowserSessionInput) -> Result<CheckedSession, 
         Some(_) => Err(refuse("storage_state", &format!("`{name}` must be an array"))),
     };
     let has_text = |item: &Value, key: &str| item.get(key).is_some_and(Value::is_string);
+    // A cookie's name and value go into a `Cookie` header as they are: no control character (a
+    // line break would add a header of its own), and a name.
+    let header_safe = |item: &Value, key: &str| {
+        item.get(key).and_then(Value::as_str).is_some_and(|text| !text.chars().any(char::is_control))
+    };
     for cookie in list("cookies")? {
         if !cookie.is_object() || !has_text(cookie, "name") || !has_text(cookie, "value") {
             return Err(refuse("storage_state", "every cookie is an object with a string `name` and `value`"));
+        }
+        let named = cookie.get("name").and_then(Value::as_str).is_some_and(|name| !name.trim().is_empty());
+        if !named || !header_safe(cookie, "name") || !header_safe(cookie, "value") {
+            return Err(refuse(
+                "storage_state",
+                "a cookie's `name` is not empty, and neither it nor its `value` holds a control character",
+            ));
         }
     }
     for origin in list("origins")? {
@@ -273,7 +299,9 @@ fn check_browser_session(input: &BrowserSessionInput) -> Result<CheckedSession, 
             }
         }
     }
-    let browser_kind = input.browser_kind.as_deref().unwrap_or(DEFAULT_BROWSER_KIND).trim().to_ascii_lowercase();
+    // Blank is absent, as for `cdp_url`.
+    let browser_kind = input.browser_kind.as_deref().map(str::trim).filter(|kind| !kind.is_empty());
+    let browser_kind = browser_kind.unwrap_or(DEFAULT_BROWSER_KIND).to_ascii_lowercase();
     let kind_ok = !browser_kind.is_empty()
         && browser_kind.len() <= 32
         && browser_kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'));

@@ -324,12 +324,21 @@ async fn an_env_profile_is_connected_through_its_form_and_read_through_credentia
 async fn env_values_are_checked_before_anything_is_written(backend: Backend) {
     let w = world(backend).await;
     w.pending_env("keys").await;
+    // A blank provider, optional for an env profile, is absent: the connector's key.
+    let blank = json!({"connector_key": "openai", "profile_kind": "env", "display_name": "O", "provider": " "});
+    let created = body(w.create(w.alice.id, blank).await, 201).await;
+    assert_eq!(created["auth_profile"]["provider"], "openai", "{created}");
     let long = format!("sk-{}", "a".repeat(5000));
     for (values, status, code, field) in [
         (json!({"OPENAI_API_KEY": KEY, "SURPRISE": "x"}), 400, "unknown_env_field", None),
         (json!({"OPENAI_API_KEY": KEY, "openai_org": "x"}), 400, "unknown_env_field", Some("openai_org")),
         (json!({"OPENAI_ORG": "acme"}), 400, "missing_env_field", Some("OPENAI_API_KEY")),
         (json!({"OPENAI_API_KEY": ""}), 400, "missing_env_field", Some("OPENAI_API_KEY")),
+        (json!({"OPENAI_API_KEY": " \u{a0} "}), 400, "missing_env_field", Some("OPENAI_API_KEY")),
+        // A paste that took more than the value: spaces around it, a character that cannot be seen.
+        (json!({"OPENAI_API_KEY": KEY, "OPENAI_ORG": "acme "}), 400, "invalid_env_value", Some("OPENAI_ORG")),
+        (json!({"OPENAI_API_KEY": KEY, "OPENAI_ORG": "\u{feff}acme"}), 400, "invalid_env_value", Some("OPENAI_ORG")),
+        (json!({"OPENAI_API_KEY": KEY, "OPENAI_ORG": "ac\u{200b}me"}), 400, "invalid_env_value", Some("OPENAI_ORG")),
         (json!({"OPENAI_API_KEY": format!("{KEY}\n")}), 400, "invalid_env_value", Some("OPENAI_API_KEY")),
         (json!({"OPENAI_API_KEY": "pk-not-a-key-but-secret"}), 400, "invalid_env_value", Some("OPENAI_API_KEY")),
         (json!({"OPENAI_API_KEY": long}), 400, "field_too_long", Some("OPENAI_API_KEY")),
@@ -571,7 +580,15 @@ async fn browser_sessions_are_stored_replaced_and_read_through_credentials(backe
     let read = body(w.credentials(w.alice.id, "browser").await, 200).await;
     assert_eq!((read["storage_state"].clone(), read["cdp_url"].clone()), (second, Value::Null));
 
-    for (state, cdp) in [(json!({"cookies": "nope"}), None), (json!({"cookies": []}), Some("ftp://host/"))] {
+    // Nor a cookie that would not make a `Cookie` header as it is (a line break would add one).
+    let injected = json!({"cookies": [{"name": "a", "value": "x\r\nSet-Cookie: y=z"}]});
+    let nameless = json!({"cookies": [{"name": " ", "value": "x"}]});
+    for (state, cdp) in [
+        (json!({"cookies": "nope"}), None),
+        (json!({"cookies": []}), Some("ftp://host/")),
+        (injected, None),
+        (nameless, None),
+    ] {
         let refused = body(put(state, cdp).await.unwrap(), 400).await;
         assert_eq!(refused["code"], "invalid_browser_session", "{refused}");
     }
@@ -594,6 +611,11 @@ async fn browser_sessions_are_stored_replaced_and_read_through_credentials(backe
     let request = w.on_behalf(Method::POST, "/auth-profiles", w.alice.id).header("content-type", "application/json");
     assert_eq!(body(request.body(created).send().await.unwrap(), 400).await["code"], "invalid_request");
     assert_eq!(w.profile("browser").await["version"], 2, "refused writes change nothing");
+    // A blank browser kind is the default, as a blank `cdp_url` is none.
+    let blank = json!({"storage_state": {"cookies": []}, "browser_kind": " ", "cdp_url": ""});
+    let request = w.on_behalf(Method::PUT, "/auth-profiles/browser/browser-session", w.alice.id).json(&blank);
+    let set = body(request.send().await.unwrap(), 200).await;
+    assert_eq!((&set["credential"]["browser_kind"], &set["credential"]["cdp_url"]), (&json!("chromium"), &Value::Null));
 }
 
 async fn oauth_profiles_answer_credentials_like_token(backend: Backend) {
