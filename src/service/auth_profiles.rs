@@ -141,6 +141,12 @@ pub enum AuthProfileError {
     /// Browser sessions have no connect link.
     #[error("browser_session profiles have no connect link: set the storage state with PUT …/browser-session")]
     NoConnectLink,
+    /// An `interactive` profile, kept from an earlier release, has no connect link.
+    #[error(
+        "this interactive profile (from an earlier release) has no connect link: revoke it, and create an env or \
+         OAuth profile in its place"
+    )]
+    InteractiveHasNoLink,
     /// `env` profiles need a declared connector with fields.
     #[error(
         "no connector {0:?} with fields is declared: an env profile needs a `[[connectors]]` entry with this key and its `fields`"
@@ -243,7 +249,9 @@ impl PublicError for AuthProfileError {
             AuthProfileError::TeamFull(_) => ErrorCode::AuthProfileLimitReached,
             AuthProfileError::UnknownProvider(_) => ErrorCode::UnknownProvider,
             AuthProfileError::ProviderNotConfigured(_) => ErrorCode::ProviderNotConfigured,
-            AuthProfileError::NotOAuth(_) | AuthProfileError::NoConnectLink => ErrorCode::NotOauthProfile,
+            AuthProfileError::NotOAuth(_)
+            | AuthProfileError::NoConnectLink
+            | AuthProfileError::InteractiveHasNoLink => ErrorCode::NotOauthProfile,
             AuthProfileError::UnknownConnector(_) => ErrorCode::UnknownConnector,
             AuthProfileError::UnsupportedKind => ErrorCode::UnsupportedProfileKind,
             AuthProfileError::KindMismatch { .. } => ErrorCode::ProfileKindMismatch,
@@ -681,7 +689,7 @@ impl AuthProfiles {
         match profile.profile_kind {
             ProfileKind::OauthAccount | ProfileKind::OauthApp | ProfileKind::Env => {}
             ProfileKind::BrowserSession => return Err(AuthProfileError::NoConnectLink),
-            ProfileKind::Interactive => return Err(AuthProfileError::UnsupportedKind),
+            ProfileKind::Interactive => return Err(AuthProfileError::InteractiveHasNoLink),
         }
         may_connect(&profile, user, role)?;
         // A link to a provider taken out of the configuration could never be completed.

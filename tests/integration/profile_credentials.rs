@@ -198,6 +198,15 @@ async fn env_profiles_need_a_declared_connector_and_interactive_ones_are_refused
     let refused = body(w.create(w.alice.id, interactive).await, 400).await;
     assert_eq!(refused["code"], "unsupported_profile_kind");
     assert!(refused["detail"].as_str().unwrap().contains("connect"), "{refused}");
+    // One kept from an earlier release has no link: what to do instead, not a pointer back here.
+    w.pending_env("legacy").await;
+    let sql = w.app.db.sql().await;
+    sql.exec("UPDATE auth_profiles SET profile_kind = 'interactive' WHERE slug = 'legacy'").await.unwrap();
+    let connect = w.on_behalf(Method::POST, "/auth-profiles/legacy/connect", w.alice.id).send().await.unwrap();
+    let refused = body(connect, 409).await;
+    assert_eq!(refused["code"], "not_oauth_profile");
+    assert!(refused["detail"].as_str().unwrap().contains("revoke it"), "{refused}");
+    sql.exec("DELETE FROM auth_profiles WHERE slug = 'legacy'").await.unwrap();
     // OAuth kinds keep working for connectors that are not declared.
     let oauth = json!({"connector_key": "undeclared-too", "profile_kind": "oauth_account", "provider": "local",
                        "display_name": "OAuth"});
