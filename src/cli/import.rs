@@ -778,6 +778,7 @@ fn print_summary(summary: &Summary, file: &Path, json: bool) {
 /// a failure part-way leaves an earlier export in place; or, for a target that is not a regular
 /// file (`/dev/null`, a pipe), the target itself.
 fn export_file(path: &std::path::Path) -> std::io::Result<(File, Option<Replace>)> {
+    may_follow(path)?;
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
         return Ok((std::fs::OpenOptions::new().write(true).open(path)?, None));
     }
@@ -793,6 +794,33 @@ fn export_file(path: &std::path::Path) -> std::io::Result<(File, Option<Replace>
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     Ok((options.open(&partial)?, Some(Replace { partial, target })))
+}
+
+/// Refuses an output that is a link another user made in a directory others may write to (as
+/// `/tmp` is), which the kernel would not follow either (`fs.protected_symlinks`): resolved here
+/// by name, it would let them choose which of root's files an export replaces.
+fn may_follow(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(link) = std::fs::symlink_metadata(path) else {
+            return Ok(());
+        };
+        if !link.file_type().is_symlink() {
+            return Ok(());
+        }
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let dir = std::fs::metadata(parent)?;
+        // Sticky and writable by others: a shared directory.
+        let shared = dir.mode() & 0o1002 == 0o1002;
+        let ours = link.uid() == rustix::process::geteuid().as_raw() || link.uid() == dir.uid();
+        if shared && !ours {
+            return Err(std::io::Error::other(
+                "it is a link another user made in a shared directory; name the file itself",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An export written beside its target, to be moved over it once complete.

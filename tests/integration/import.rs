@@ -464,6 +464,21 @@ async fn an_export_imported_into_an_empty_database_exports_the_same(backend: Bac
         .filter(|name| name.contains("partial"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // In a directory others may write to (as /tmp is), a link another user made is not followed
+    // (it would choose which of root's files the export replaces); one of our own is.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    std::fs::write(dir.path().join("precious"), "keep").unwrap();
+    std::os::unix::fs::symlink("../precious", shared.join("planted.csv")).unwrap();
+    std::os::unix::fs::lchown(shared.join("planted.csv"), Some(65534), Some(65534)).expect("the tests run as root");
+    let refused = run(tessera(dir.path(), &source, &["export", "--output", "shared/planted.csv"])).await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("a link another user made"), "{}", refused.stderr);
+    assert_eq!(std::fs::read_to_string(dir.path().join("precious")).unwrap(), "keep");
+    std::os::unix::fs::symlink("../precious", shared.join("mine.csv")).unwrap();
+    assert_eq!(export(dir.path(), &source, &["--output", "shared/mine.csv"]).await, csv);
+    assert_eq!(std::fs::read_to_string(dir.path().join("precious")).unwrap(), csv, "the file it points at");
     assert_eq!(export(dir.path(), &source, &["--format", "csv"]).await, csv, "stdout or a file, the same");
     std::fs::write(dir.path().join("out.jsonl"), &jsonl).unwrap();
 
