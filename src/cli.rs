@@ -207,10 +207,13 @@ async fn run(command: Command, config: Config) -> ExitCode {
     }
     // Every other command stops at SIGTERM or Ctrl-C (exit 130): as a container's first process,
     // which gets no default action for them, it would otherwise run on until it is killed. What
-    // it was writing is rolled back with its transaction.
+    // it was writing is rolled back with its transaction. The command runs as a task of its own, so
+    // that one blocked in a file's read or write (an export to a pipe nobody drains, an import
+    // from a FIFO nobody writes to: see `cli::import::blocking`) does not hold up the wait.
     let stopped = signal();
+    let command = tokio::spawn(run_command(command, config));
     tokio::select! {
-        code = run_command(command, config) => code,
+        code = command => code.unwrap_or(ExitCode::FAILURE),
         () = stopped => {
             err!("tessera: interrupted");
             ExitCode::from(130)

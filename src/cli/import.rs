@@ -290,12 +290,13 @@ pub async fn import_file(
     let started = Instant::now();
     let dry_run = importer.dry_run();
     let empty = || Summary { dry_run, ..Summary::default() };
-    let source = Source::open(path, format).map_err(|e| (e, empty()))?;
+    // Opening a FIFO waits for its writer.
+    let source = blocking(|| Source::open(path, format)).map_err(|e| (e, empty()))?;
     // The total of the progress display is counted beforehand, from a regular file only: a
     // pipe (`/dev/stdin`, `<(zcat …)`) can be read once, by the import itself.
     let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
     let total = match progress {
-        ProgressMode::Auto if regular => Some(count_lines(path, format).map_err(|e| (e, empty()))?),
+        ProgressMode::Auto if regular => Some(blocking(|| count_lines(path, format)).map_err(|e| (e, empty()))?),
         ProgressMode::Auto | ProgressMode::Hidden => None,
     };
     let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<Line>>(concurrency.max(1) * 2);
@@ -913,7 +914,7 @@ pub async fn export_to(
                 Ok(())
             })
             .await?;
-            out.flush()?;
+            blocking(|| out.flush())?;
             Ok(count)
         }
         Format::Csv => {
@@ -933,9 +934,20 @@ pub async fn export_to(
                 Ok(())
             })
             .await?;
-            writer.flush()?;
+            blocking(|| writer.flush())?;
             Ok(count)
         }
+    }
+}
+
+/// Runs `f`, which may wait on a file (a pipe nobody drains, a FIFO nobody writes to, a large file
+/// read through), without holding up the runtime's other tasks — the wait for Ctrl-C among them
+/// (see `cli::run`): on a multi-threaded runtime, its worker hands its tasks to another thread
+/// meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -948,9 +960,7 @@ async fn each_record(
     let mut after = None;
     loop {
         let (records, next) = export_page(store, after).await?;
-        for record in &records {
-            write(record)?;
-        }
+        blocking(|| records.iter().try_for_each(&mut write))?;
         count += records.len() as u64;
         match next {
             Some(next) => after = Some(next),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestDb, on_both_backends};
+use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestDb, eventually, on_both_backends};
 
 on_both_backends!(
     an_import_provisions_valid_lines_refuses_the_rest_and_a_rerun_changes_nothing,
@@ -22,6 +22,7 @@ on_both_backends!(
     a_disabled_user_is_not_added_to_a_team,
     many_refused_lines_keep_a_count_and_the_first_numbers,
     an_export_whose_reader_goes_away_ends_quietly,
+    an_export_blocked_on_its_reader_stops_at_sigterm,
     a_user_written_before_the_database_failed_is_counted,
 );
 
@@ -596,6 +597,34 @@ async fn an_export_whose_reader_goes_away_ends_quietly(backend: Backend) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
+
+/// `tessera export | stalled-reader`: an export blocked writing to a pipe nobody drains still
+/// stops at SIGTERM (exit 130), rather than waiting for the pipe — only `kill -9` would end it.
+async fn an_export_blocked_on_its_reader_stops_at_sigterm(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let _store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    // More than a pipe's buffer (64 KiB) of output.
+    let lines: Vec<String> =
+        (0..1500).map(|i| line(&format!("held{i}"), Some(&format!("held{i}@example.com")), Some("H"))).collect();
+    std::fs::write(dir.path().join("many.jsonl"), lines.join("\n")).unwrap();
+    assert_eq!(import(dir.path(), &db, "many.jsonl", &[]).await.0, 0);
+    let mut export = tessera(dir.path(), &db, &["export"]);
+    let mut child = export.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id().unwrap();
+    // Until one of its threads waits in the kernel for the pipe to drain.
+    let blocked = || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        tasks.filter_map(|t| std::fs::read_to_string(t.path().join("wchan")).ok()).any(|w| w.contains("pipe_write"))
+    };
+    eventually("the export waits for its reader", || async { blocked() }).await;
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("stopped").unwrap();
+    assert_eq!(status.code(), Some(130));
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).await.unwrap();
+    assert!(stderr.contains("tessera: interrupted"), "{stderr}");
 }
 
 /// A line whose user is written before the database fails (on the team it joins) is counted as
