@@ -242,7 +242,7 @@ async fn account_page(
         .map(|p| LinkButton {
             label: provider_label(p.name()),
             icon: state.pages.icon(p.name()),
-            href: provider_href("link", p.name(), Some("/account?done=linked")),
+            href: provider_href("link", p.name(), Some("/account?done=linked"), false),
         })
         .collect();
     let teams = profile

@@ -52,6 +52,9 @@ pub fn routes() -> Router<Arc<AppState>> {
 struct StartQuery {
     provider: Option<String>,
     return_to: Option<String>,
+    /// `login`: the provider is asked for a fresh login (to sign in as someone else than its own
+    /// session would pick).
+    prompt: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -132,6 +135,10 @@ async fn start_login(
         },
         _ => false,
     };
+    let fresh = match pages::fresh_login(query.prompt.as_deref()) {
+        Ok(asked) => fresh || asked,
+        Err(error) => return state.pages.error(&headers, error),
+    };
     // No provider named and none to take without asking (several, none the default): the
     // chooser asks, and comes back to the same `return_to` (forward-auth's sign-in link, say).
     let provider = match query.provider {
@@ -140,7 +147,13 @@ async fn start_login(
             Some(provider) => provider.name().to_owned(),
             None => {
                 return match state.sign_in.given_return_to(query.return_to.as_deref()) {
-                    Ok(return_to) => redirect(&pages::login_url(return_to.as_ref().map(|to| to.as_str())), &[]),
+                    Ok(return_to) => {
+                        let return_to = return_to.as_ref().map(|to| to.as_str());
+                        redirect(
+                            &if fresh { pages::fresh_login_url(return_to) } else { pages::login_url(return_to) },
+                            &[],
+                        )
+                    }
                     Err(error) => state.pages.error(&headers, error.into()),
                 };
             }
@@ -308,9 +321,10 @@ pub(super) fn account_choice(
     let who = who(&live.profile.user);
     let (through, href) = match provider {
         Some(provider) => {
-            (super::login::provider_label(provider), super::login::provider_href("login", provider, return_to))
+            (super::login::provider_label(provider), super::login::provider_href("login", provider, return_to, false))
         }
-        None => ("another account".to_owned(), pages::login_url(return_to)),
+        // Another account than the provider's own session would pick: asked for afresh.
+        None => ("another account".to_owned(), pages::fresh_login_url(return_to)),
     };
     let message = |text: String| pages::Message { signed_in: true, ..pages::Message::new(title, text) };
     let message = match go_on {

@@ -35,6 +35,9 @@ pub fn routes() -> Router<Arc<AppState>> {
 struct LoginQuery {
     return_to: Option<String>,
     email: Option<String>,
+    /// `login`: the provider chosen is asked for a fresh login (to sign in as someone else than
+    /// its own session would pick).
+    prompt: Option<String>,
     /// Why the browser was sent here, for a notice: `unlinked` (the sign-in method its session
     /// signed in with was removed, which ended the session) or `expired` (a form of the account
     /// page was sent after the session had ended, and did nothing). Other values are ignored.
@@ -64,6 +67,8 @@ struct LoginPage {
     chrome: Chrome,
     providers: Vec<ProviderButton>,
     return_to: Option<String>,
+    /// The provider chosen is asked for a fresh login.
+    fresh: bool,
     email: String,
     notice: Option<String>,
     notice_is_error: bool,
@@ -83,12 +88,15 @@ pub fn provider_label(name: &str) -> String {
     }
 }
 
-/// `/auth/{path}?provider=…&return_to=…`.
-pub fn provider_href(path: &str, provider: &str, return_to: Option<&str>) -> String {
+/// `/auth/{path}?provider=…&return_to=…`, with `prompt=login` when `fresh`.
+pub fn provider_href(path: &str, provider: &str, return_to: Option<&str>, fresh: bool) -> String {
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     query.append_pair("provider", provider);
     if let Some(to) = return_to {
         query.append_pair("return_to", to);
+    }
+    if fresh {
+        query.append_pair(pages::FRESH_LOGIN.0, pages::FRESH_LOGIN.1);
     }
     format!("/auth/{path}?{}", query.finish())
 }
@@ -99,13 +107,14 @@ pub fn provider_href(path: &str, provider: &str, return_to: Option<&str>) -> Str
 pub fn link_href(provider: &str, return_to: Option<&str>) -> String {
     [return_to.filter(|to| !to.is_empty()), None]
         .into_iter()
-        .map(|to| provider_href("link", provider, to))
+        .map(|to| provider_href("link", provider, to, false))
         .find(|href| href.len() <= ReturnTo::MAX_LEN)
         .unwrap_or_else(|| "/account".to_owned())
 }
 
-/// The buttons of every provider, for `/auth/login` or `/auth/link`.
-pub fn provider_buttons(state: &AppState, path: &str, return_to: Option<&str>) -> Vec<ProviderButton> {
+/// The buttons of every provider, for `/auth/login` or `/auth/link` (asking for a fresh login
+/// when `fresh`).
+pub fn provider_buttons(state: &AppState, path: &str, return_to: Option<&str>, fresh: bool) -> Vec<ProviderButton> {
     state
         .flows
         .providers()
@@ -113,14 +122,20 @@ pub fn provider_buttons(state: &AppState, path: &str, return_to: Option<&str>) -
         .map(|p| ProviderButton {
             label: provider_label(p.name()),
             icon: state.pages.icon(p.name()),
-            href: provider_href(path, p.name(), return_to),
+            href: provider_href(path, p.name(), return_to, fresh),
         })
         .collect()
 }
 
-/// The chooser, with an optional notice.
-pub fn chooser(state: &AppState, return_to: Option<&str>, email: &str, notice: Option<(String, bool)>) -> Response {
-    let providers = provider_buttons(state, "login", return_to);
+/// The chooser going on to `return_to` (asking the provider for a fresh login when `fresh`), with
+/// an optional notice.
+pub fn chooser(
+    state: &AppState,
+    (return_to, fresh): (Option<&str>, bool),
+    email: &str,
+    notice: Option<(String, bool)>,
+) -> Response {
+    let providers = provider_buttons(state, "login", return_to, fresh);
     let status = if providers.is_empty() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     let (notice, notice_is_error) = match notice {
         Some((text, error)) => (Some(text), error),
@@ -132,6 +147,7 @@ pub fn chooser(state: &AppState, return_to: Option<&str>, email: &str, notice: O
             chrome: state.pages.chrome(false),
             providers,
             return_to: return_to.map(str::to_owned),
+            fresh,
             email: email.to_owned(),
             notice,
             notice_is_error,
@@ -158,6 +174,10 @@ async fn show_login(
         Ok(ApiQuery(query)) => query,
         Err(error) => return state.pages.error(&headers, error),
     };
+    let fresh = match pages::fresh_login(query.prompt.as_deref()) {
+        Ok(fresh) => fresh,
+        Err(error) => return state.pages.error(&headers, error),
+    };
     let email = query.email.as_deref().map(str::trim).filter(|e| !e.is_empty());
     let notice = match query.done.as_deref() {
         Some("unlinked") => Some(
@@ -175,9 +195,9 @@ async fn show_login(
             Ok(checked) => checked,
             Err(error) => return state.pages.error(&headers, error),
         };
-        return chooser(&state, return_to.as_deref(), "", Some((notice.to_owned(), false)));
+        return chooser(&state, (return_to.as_deref(), fresh), "", Some((notice.to_owned(), false)));
     }
-    discover(&state, &headers, query.return_to.as_deref(), query.email.as_deref()).await
+    discover(&state, &headers, (query.return_to.as_deref(), fresh), query.email.as_deref()).await
 }
 
 /// `return_to` as the sign-in flow would take it (absent when empty).
@@ -199,11 +219,17 @@ fn checked_return_to(state: &AppState, return_to: Option<&str>) -> Result<Option
 )]
 async fn submit_login(State(state): State<Arc<AppState>>, headers: HeaderMap, PageBytes(body): PageBytes) -> Response {
     let fields = csrf::form_fields(&body);
-    let (Ok(return_to), Ok(email)) = (one(&fields, "return_to"), one(&fields, "email")) else {
+    let (Ok(return_to), Ok(email), Ok(prompt)) =
+        (one(&fields, "return_to"), one(&fields, "email"), one(&fields, pages::FRESH_LOGIN.0))
+    else {
         let error = ApiError::new(ErrorCode::InvalidRequest, "send each of the form's fields at most once");
         return state.pages.error(&headers, error);
     };
-    discover(&state, &headers, return_to, email).await
+    let fresh = match pages::fresh_login(prompt) {
+        Ok(fresh) => fresh,
+        Err(error) => return state.pages.error(&headers, error),
+    };
+    discover(&state, &headers, (return_to, fresh), email).await
 }
 
 /// A form field's value: none, or the one sent; `Err` when it was sent more than once.
@@ -216,17 +242,22 @@ fn one<'a>(fields: &'a [(String, String)], name: &str) -> Result<Option<&'a str>
 }
 
 /// Home-realm discovery: the chooser, or straight to the provider the email's team signs in with.
-async fn discover(state: &AppState, headers: &HeaderMap, return_to: Option<&str>, email: Option<&str>) -> Response {
+async fn discover(
+    state: &AppState,
+    headers: &HeaderMap,
+    (return_to, fresh): (Option<&str>, bool),
+    email: Option<&str>,
+) -> Response {
     let return_to = match checked_return_to(state, return_to) {
         Ok(checked) => checked,
         Err(error) => return state.pages.error(headers, error),
     };
     let Some(email_text) = email.map(str::trim).filter(|e| !e.is_empty()) else {
-        return chooser(state, return_to.as_deref(), "", None);
+        return chooser(state, (return_to.as_deref(), fresh), "", None);
     };
     let Ok(email) = Email::parse(email_text) else {
         let notice = "Enter an email address like name@example.com.".to_owned();
-        return chooser(state, return_to.as_deref(), email_text, Some((notice, true)));
+        return chooser(state, (return_to.as_deref(), fresh), email_text, Some((notice, true)));
     };
     let providers = state.flows.providers();
     let team_provider = match state.teams.discover(&email).await {
@@ -239,14 +270,14 @@ async fn discover(state: &AppState, headers: &HeaderMap, return_to: Option<&str>
         }
     };
     match team_provider {
-        Some(provider) => redirect(&provider_href("login", &provider, return_to.as_deref()), &[]),
+        Some(provider) => redirect(&provider_href("login", &provider, return_to.as_deref(), fresh), &[]),
         None => match providers.get(None) {
             // No team signs in its own way for this domain: the default provider, if any.
-            Some(default) => redirect(&provider_href("login", default.name(), return_to.as_deref()), &[]),
+            Some(default) => redirect(&provider_href("login", default.name(), return_to.as_deref(), fresh), &[]),
             None => {
                 let notice =
                     format!("{} has no team sign-in of its own here. Choose how you want to sign in.", email.domain());
-                chooser(state, return_to.as_deref(), email_text, Some((notice, false)))
+                chooser(state, (return_to.as_deref(), fresh), email_text, Some((notice, false)))
             }
         },
     }

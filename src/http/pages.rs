@@ -487,6 +487,31 @@ pub fn login_url(return_to: Option<&str>) -> String {
     }
 }
 
+/// [`login_url`] that asks the provider chosen for a fresh login (`prompt=login`): the way to
+/// sign in as another person, where the provider's own session would pick the same one again.
+pub fn fresh_login_url(return_to: Option<&str>) -> String {
+    let url = login_url(return_to);
+    let joined = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{joined}{}={}", FRESH_LOGIN.0, FRESH_LOGIN.1)
+}
+
+/// The parameter of the chooser and of `/auth/login` that asks the provider for a fresh login.
+pub const FRESH_LOGIN: (&str, &str) = ("prompt", "login");
+
+/// Whether a sign-in asks the provider for a fresh login: `prompt` absent, or `login`; any other
+/// value is refused.
+pub fn fresh_login(prompt: Option<&str>) -> Result<bool, ApiError> {
+    match prompt {
+        None => Ok(false),
+        Some(value) if value == FRESH_LOGIN.1 => Ok(true),
+        Some(_) => Err(ApiError::new(
+            crate::error::ErrorCode::InvalidRequest,
+            "prompt may only be login (a fresh login at the provider)",
+        )
+        .field("prompt")),
+    }
+}
+
 /// An error page with the `WWW-Authenticate` challenge of its error, if any (every 401 has one).
 fn with_challenge(mut page: Response, challenge: Option<HeaderValue>) -> Response {
     if let Some(challenge) = challenge {

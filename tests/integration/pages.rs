@@ -34,6 +34,7 @@ on_both_backends!(
     env_profiles_are_connected_and_reconnected_through_a_fresh_form_link,
     providers_show_built_in_configured_or_monogram_icons,
     a_store_failure_offers_the_same_page_again_not_a_new_sign_in,
+    signing_in_as_someone_else_asks_the_provider_for_a_fresh_login,
 );
 
 struct World {
@@ -866,6 +867,53 @@ async fn connected_accounts_are_listed_and_can_be_disconnected(backend: Backend)
     assert_eq!(gone, "/account?done=connection-gone");
     let page = html(browser.navigate(&w.app.url(&gone)).await, StatusCode::OK).await;
     assert!(page.contains("That connection no longer exists"), "{page}");
+}
+
+/// A connect link opened by the wrong person offers to sign in as the right one — asking the
+/// provider for a fresh login, which its own session would otherwise skip, signing the same
+/// person in again and again.
+async fn signing_in_as_someone_else_asks_the_provider_for_a_fresh_login(backend: Backend) {
+    let w = world(backend).await;
+    let mut ada = Browser::new();
+    sign_in(&mut ada, &w.app, "local").await;
+    let team = body(ada.me(&w.app).await, 200).await["teams"][0]["id"].as_str().unwrap().to_owned();
+    let request = json!({"connector_key": "issues", "profile_kind": "oauth_account", "provider": "local",
+                         "display_name": "Issues"});
+    let created = ada.json(Method::POST, &w.app.url(&format!("/v1/teams/{team}/auth-profiles")), &request).await;
+    let link = body(created, 201).await["connect_url"].as_str().unwrap().to_owned();
+    let path = url::Url::parse(&link).unwrap().path().to_owned();
+    let back = url::form_urlencoded::byte_serialize(path.as_bytes()).collect::<String>();
+    w.second.set_next_user(StubUser::new("bob-second", "bob@example.com"));
+    let mut bob = Browser::new();
+    sign_in(&mut bob, &w.app, "second").await;
+    let page = html(bob.navigate(&link).await, StatusCode::FORBIDDEN).await;
+    let fresh = format!("/login?return_to={back}&#38;prompt=login");
+    assert!(page.contains(&format!("href=\"{fresh}\">Sign in as the right person<")), "{page}");
+    // The chooser carries it to every provider, and its email form too.
+    let chooser =
+        html(bob.navigate(&w.app.url(&format!("/login?return_to={back}&prompt=login"))).await, StatusCode::OK);
+    let chooser = chooser.await;
+    for provider in ["local", "second"] {
+        let button = format!("href=\"/auth/login?provider={provider}&#38;return_to={back}&#38;prompt=login\"");
+        assert!(chooser.contains(&button), "{button}: {chooser}");
+    }
+    assert!(chooser.contains("<input type=\"hidden\" name=\"prompt\" value=\"login\">"), "{chooser}");
+    let fields = [("email", "x@nowhere.example"), ("return_to", path.as_str()), ("prompt", "login")];
+    let posted = html(bob.form(&w.app.url("/login"), &fields).await, StatusCode::OK).await;
+    assert!(posted.contains(&format!("return_to={back}&#38;prompt=login\"")), "{posted}");
+    // Its buttons ask the provider for a fresh login; an ordinary sign-in does not.
+    let start = |fresh: &str| w.app.url(&format!("/auth/login?provider=local&return_to={back}{fresh}"));
+    let asked = bob.request_from("same-origin", Method::GET, &start("&prompt=login")).await;
+    let asked = url::Url::parse(&location(&asked)).unwrap();
+    assert!(asked.query_pairs().any(|(k, v)| k == "prompt" && v == "login"), "{asked}");
+    let ordinary = bob.request_from("same-origin", Method::GET, &start("")).await;
+    let ordinary = url::Url::parse(&location(&ordinary)).unwrap();
+    assert!(!ordinary.query_pairs().any(|(k, _)| k == "prompt"), "{ordinary}");
+    // Another prompt is not one these take: said, not ignored.
+    for url in ["/login?prompt=consent", "/auth/login?provider=local&prompt=none"] {
+        let page = html(bob.navigate(&w.app.url(url)).await, StatusCode::BAD_REQUEST).await;
+        assert!(page.contains("invalid_request"), "{url}: {page}");
+    }
 }
 
 async fn env_profiles_are_connected_and_reconnected_through_a_fresh_form_link(backend: Backend) {

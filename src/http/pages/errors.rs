@@ -139,7 +139,11 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
             "You are signed in as someone other than the person this link was made for. Sign in as the \
              right person, then the link will work."
                 .into(),
-            vec![("Sign in as the right person", sign_in), ("Go to your account", "/account".into())],
+            // A fresh login at the provider: its own session would sign the same person in again.
+            vec![
+                ("Sign in as the right person", super::fresh_login_url(context.return_to.as_deref())),
+                ("Go to your account", "/account".into()),
+            ],
         ),
         InvalidConnectLink => (
             "This link was already used or has expired",
@@ -171,7 +175,7 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         UserDisabled => (
             "Your account is disabled",
             "An administrator has disabled this account. Contact support if you think this is a mistake.".into(),
-            vec![("Sign in with another account", sign_in.clone())],
+            vec![("Sign in with another account", super::fresh_login_url(context.return_to.as_deref()))],
         ),
         CsrfFailed => (
             "That form has expired",
