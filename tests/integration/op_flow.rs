@@ -2336,6 +2336,19 @@ async fn forward_auth_answers_for_sessions_and_tokens(backend: Backend) {
     assert_eq!(by_session.headers()["x-tessera-email"], "fa@example.com");
     // The local provider is not trusted to verify emails (the default): an app is told so.
     assert_eq!(by_session.headers()["x-tessera-email-verified"], "false");
+    // A request carrying an identity header of its own — under its name or spelt with
+    // underscores, which a proxy does not replace and some app servers read as the same — is
+    // refused, signed in or not: the app behind might take the copy for the user.
+    for (name, value) in [("X_Tessera_Teams", "admins"), ("x_tessera_user_id", "x"), ("X-Tessera-Email", "a@b.c")] {
+        let forged = browser.prepared(Method::GET, &w.app.url("/auth/verify")).header(name, value);
+        let forged = forged.send().await.unwrap();
+        assert_eq!(forged.status(), 401, "{name}");
+        assert!(forged.headers()["www-authenticate"].to_str().unwrap().contains("invalid_request"), "{name}");
+        assert!(
+            forged.headers().get("x-tessera-user-id").is_none() && forged.headers().get("x-tessera-sign-in").is_none()
+        );
+    }
+    assert_eq!(browser.get(&w.app.url("/auth/verify")).await.status(), 200, "the session itself is untouched");
     // A token counts for the app the proxy names (its aud), and for no other.
     let access = tokens["access_token"].as_str().unwrap();
     let for_app = w.app.url(&format!("/auth/verify?audience={client}"));

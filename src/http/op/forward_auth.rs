@@ -4,7 +4,8 @@
 //! always present, empty when unknown, so that a proxy that replaces them never passes a client's
 //! own copies through; Caddy skips empty ones, so README has it remove them first) for a
 //! live Tessera session cookie or a valid Tessera access token issued for the protected app, and
-//! 401 otherwise (also for a credential sent twice: `error="invalid_request"`).
+//! 401 otherwise (also for a credential sent twice, or a request carrying one of those headers
+//! itself, under any spelling: `error="invalid_request"`).
 //!
 //! A token counts only when the proxy names the app it protects (`?audience=`, an `aud` of the
 //! token: a client id or a registered resource): a token one app obtained is not a key to
@@ -39,6 +40,17 @@ const EMAIL: HeaderName = HeaderName::from_static("x-tessera-email");
 const EMAIL_VERIFIED: HeaderName = HeaderName::from_static("x-tessera-email-verified");
 const TEAMS: HeaderName = HeaderName::from_static("x-tessera-teams");
 const SIGN_IN: HeaderName = HeaderName::from_static("x-tessera-sign-in");
+
+/// Whether the request carries a copy of an identity header of its own, under its name or one
+/// spelt with underscores (`X_Tessera_User_Id`): a proxy replaces or removes the name it was
+/// told, and an app server that maps both spellings to one variable (CGI, PHP, WSGI, Rack) may
+/// read the client's. Only a client forging an identity sends one.
+fn forges_identity(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str().replace('_', "-");
+        [&USER_ID, &EMAIL, &EMAIL_VERIFIED, &TEAMS].iter().any(|ours| ours.as_str() == name)
+    })
+}
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -198,6 +210,11 @@ async fn verify(
             return Ok(challenge(r#"Bearer realm="tessera", error="invalid_request""#));
         }
     };
+    // Refused whoever sends it: the app behind might read the copy as the user.
+    if forges_identity(&headers) {
+        tracing::info!("forward-auth request refused: it carries an identity header of its own");
+        return Ok(challenge(r#"Bearer realm="tessera", error="invalid_request""#));
+    }
     if let Some(token) = credentials.user_token() {
         let (Some(op), Some(audience)) = (state.op.as_ref(), param(query.as_deref(), "audience")) else {
             return Ok(token_refused());
