@@ -181,7 +181,7 @@ error_codes! {
     /// The auth profile is another member's personal account.
     NotProfileOwner = (FORBIDDEN, "not_profile_owner", "Not the profile's owner"),
     /// Only team owners (or admins) may do this.
-    NotTeamAdmin = (FORBIDDEN, "not_team_admin", "Not a team owner or admin"),
+    NotTeamAdmin = (FORBIDDEN, "not_team_admin", "Your role in the team does not allow this"),
     /// The connect link was made for another user.
     ConnectLinkNotYours = (FORBIDDEN, "connect_link_not_yours", "Connect link of another user"),
     /// A form post of a page without the session's CSRF token, or sent from another site.
