@@ -349,10 +349,12 @@ mod tests {
             Context { return_to: Some(format!("https://app.example/{}", "x".repeat(2000))), ..Context::default() };
         let message = message_for(&described(ErrorCode::LinkRequired, Some("/auth/link?provider=gitlab")), &far);
         assert_eq!(message.actions[0].href, "/login?return_to=%2Fauth%2Flink%3Fprovider%3Dgitlab");
-        // A page that refuses the provider or the user keeps it too.
-        for code in [ErrorCode::UnknownProvider, ErrorCode::UserDisabled] {
+        // A page that refuses the provider or the user keeps it too; signing in as another user
+        // asks the provider for a fresh login (its own session would pick the same one again).
+        for (code, fresh) in [(ErrorCode::UnknownProvider, ""), (ErrorCode::UserDisabled, "&prompt=login")] {
             let message = message_for(&described(code, None), &going);
-            assert_eq!(message.actions[0].href, "/login?return_to=https%3A%2F%2Fapp.example%2Fcb%3Fx%3D1%26y%3D2");
+            let expected = format!("/login?return_to=https%3A%2F%2Fapp.example%2Fcb%3Fx%3D1%26y%3D2{fresh}");
+            assert_eq!(message.actions[0].href, expected);
         }
     }
 
