@@ -779,15 +779,15 @@ fn print_summary(summary: &Summary, file: &Path, json: bool) {
 /// a failure part-way leaves an earlier export in place; or, for a target that is not a regular
 /// file (`/dev/null`, a pipe), the target itself.
 fn export_file(path: &std::path::Path) -> std::io::Result<(File, Option<Replace>)> {
-    may_follow(path)?;
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-        return Ok((std::fs::OpenOptions::new().write(true).open(path)?, None));
+    // A link is followed: the file it leads to is the one replaced, the link stays.
+    let target = output_target(path)?;
+    let special = std::fs::symlink_metadata(&target).is_ok_and(|m| !m.is_file() && !m.file_type().is_symlink());
+    if special {
+        return Ok((std::fs::OpenOptions::new().write(true).open(&target)?, None));
     }
-    // A link is followed: the file it points at is the one replaced, the link stays.
-    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let name = target.file_name().ok_or_else(|| std::io::Error::other("the output names no file"))?;
     // A random suffix: a file an interrupted export left behind (its process id reused, as PID 1
-    // in a container always is) must not block the next one.
+    // in a container always is) must not block the next one. Created new (never through a link).
     let suffix: String = crate::crypto::random_bytes::<6>().iter().map(|b| format!("{b:02x}")).collect();
     let partial = target.with_file_name(format!(".{}.partial-{suffix}", name.to_string_lossy()));
     let mut options = std::fs::OpenOptions::new();
@@ -797,21 +797,44 @@ fn export_file(path: &std::path::Path) -> std::io::Result<(File, Option<Replace>
     Ok((options.open(&partial)?, Some(Replace { partial, target })))
 }
 
-/// Refuses an output that is a link another user made in a directory others may write to (as
-/// `/tmp` is), which the kernel would not follow either (`fs.protected_symlinks`): resolved here
-/// by name, it would let them choose which of root's files an export replaces.
-fn may_follow(path: &std::path::Path) -> std::io::Result<()> {
+/// The file an export to `path` replaces: `path`, or for a link the file it leads to, followed
+/// hop by hop, each hop refused as [`may_follow`] says, in a directory resolved to its real path.
+/// Resolved once: the export is renamed over what this returns, which a link swapped in later
+/// does not redirect (a rename replaces a link, it never follows one).
+fn output_target(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    /// As many hops as the kernel follows (`ELOOP` past them).
+    const MAX_HOPS: usize = 40;
+    let mut current = path.to_owned();
+    for _ in 0..MAX_HOPS {
+        let link = match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => meta,
+            // A file, or nothing yet: the target.
+            _ => {
+                let name = current.file_name().ok_or_else(|| std::io::Error::other("the output names no file"))?;
+                let dir = std::fs::canonicalize(parent_of(&current))?;
+                return Ok(dir.join(name));
+            }
+        };
+        may_follow(&current, &link)?;
+        current = parent_of(&current).join(std::fs::read_link(&current)?);
+    }
+    Err(std::io::Error::other("the output is a chain of too many links"))
+}
+
+/// The directory `path` is in (`.` for a bare name).
+fn parent_of(path: &std::path::Path) -> &std::path::Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."))
+}
+
+/// Refuses to follow `link` (at `path`) where another user made it in a directory others may
+/// write to (as `/tmp` is), which the kernel would not follow either (`fs.protected_symlinks`,
+/// which not every machine turns on): it would let them choose which of root's files an export
+/// replaces.
+fn may_follow(path: &std::path::Path, link: &std::fs::Metadata) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let Ok(link) = std::fs::symlink_metadata(path) else {
-            return Ok(());
-        };
-        if !link.file_type().is_symlink() {
-            return Ok(());
-        }
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        let dir = std::fs::metadata(parent)?;
+        let dir = std::fs::metadata(parent_of(path))?;
         // Sticky and writable by others: a shared directory.
         let shared = dir.mode() & 0o1002 == 0o1002;
         let ours = link.uid() == rustix::process::geteuid().as_raw() || link.uid() == dir.uid();
@@ -821,6 +844,8 @@ fn may_follow(path: &std::path::Path) -> std::io::Result<()> {
             ));
         }
     }
+    #[cfg(not(unix))]
+    let _ = (path, link);
     Ok(())
 }
 
@@ -847,7 +872,8 @@ pub async fn export(config: &Config, args: ExportArgs) -> ExitCode {
         Err(code) => return code,
     };
     let (out, replace): (Box<dyn Write + Send>, _) = match &args.output {
-        Some(path) => match export_file(path) {
+        // Opening a FIFO waits for its reader.
+        Some(path) => match blocking(|| export_file(path)) {
             Ok((file, replace)) => (Box::new(file), replace),
             Err(e) => {
                 err!("tessera: cannot write {}: {e}", path.display());

@@ -477,6 +477,11 @@ async fn an_export_imported_into_an_empty_database_exports_the_same(backend: Bac
     assert_eq!(refused.code, 2, "{}", refused.stderr);
     assert!(refused.stderr.contains("a link another user made"), "{}", refused.stderr);
     assert_eq!(std::fs::read_to_string(dir.path().join("precious")).unwrap(), "keep");
+    // Nor when reached through a link of our own (each hop is checked, as the kernel would).
+    std::os::unix::fs::symlink("shared/planted.csv", dir.path().join("chain.csv")).unwrap();
+    let refused = run(tessera(dir.path(), &source, &["export", "--output", "chain.csv"])).await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert_eq!(std::fs::read_to_string(dir.path().join("precious")).unwrap(), "keep");
     std::os::unix::fs::symlink("../precious", shared.join("mine.csv")).unwrap();
     assert_eq!(export(dir.path(), &source, &["--output", "shared/mine.csv"]).await, csv);
     assert_eq!(std::fs::read_to_string(dir.path().join("precious")).unwrap(), csv, "the file it points at");
@@ -575,19 +580,30 @@ async fn a_database_failure_while_looking_up_a_team_stops_the_import() {
     assert_eq!(done, [(0, tessera::service::import::Outcome::Refused(tessera::error::ErrorCode::MissingField))]);
 }
 
-/// `tessera export | head -1`: the reader goes away after a line, and the export ends as other
-/// commands do when their output's reader has gone, without an error.
-async fn an_export_whose_reader_goes_away_ends_quietly(backend: Backend) {
+/// `tessera export` of more than a pipe's buffer (64 KiB) of output, started with its stdout and
+/// stderr piped to the test: the export is still writing when the test reads its first line.
+async fn a_long_export(
+    backend: Backend,
+    args: &[&str],
+) -> (TestDb, std::sync::Arc<dyn tessera::store::Store>, tempfile::TempDir, tokio::process::Child) {
     let db = TestDb::new(backend).await;
-    let _store = db.store().await;
+    let store = db.store().await;
     let dir = tempfile::tempdir().unwrap();
-    // More than a pipe's buffer (64 KiB) of output, so that the export is still writing.
     let lines: Vec<String> =
         (0..1500).map(|i| line(&format!("pipe{i}"), Some(&format!("pipe{i}@example.com")), Some("P"))).collect();
     std::fs::write(dir.path().join("many.jsonl"), lines.join("\n")).unwrap();
     assert_eq!(import(dir.path(), &db, "many.jsonl", &[]).await.0, 0);
-    let mut export = tessera(dir.path(), &db, &["export"]);
-    let mut child = export.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut export = tessera(dir.path(), &db, &[&["export"], args].concat());
+    // One worker, as a container limited to one CPU gets: a wait on a file must not hold it.
+    export.env("TOKIO_WORKER_THREADS", "1");
+    let child = export.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    (db, store, dir, child)
+}
+
+/// `tessera export | head -1`: the reader goes away after a line, and the export ends as other
+/// commands do when their output's reader has gone, without an error.
+async fn an_export_whose_reader_goes_away_ends_quietly(backend: Backend) {
+    let (_db, _store, _dir, mut child) = a_long_export(backend, &[]).await;
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first).await.unwrap();
@@ -599,26 +615,28 @@ async fn an_export_whose_reader_goes_away_ends_quietly(backend: Backend) {
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
 }
 
-/// `tessera export | stalled-reader`: an export blocked writing to a pipe nobody drains still
-/// stops at SIGTERM (exit 130), rather than waiting for the pipe — only `kill -9` would end it.
+/// `tessera export | stalled-reader`, or `tessera export -o FIFO` with no reader: an export
+/// blocked on its output — on its runtime's one worker — still stops at SIGTERM (exit 130),
+/// rather than waiting for the reader: only `kill -9` would end it.
 async fn an_export_blocked_on_its_reader_stops_at_sigterm(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let _store = db.store().await;
-    let dir = tempfile::tempdir().unwrap();
-    // More than a pipe's buffer (64 KiB) of output.
-    let lines: Vec<String> =
-        (0..1500).map(|i| line(&format!("held{i}"), Some(&format!("held{i}@example.com")), Some("H"))).collect();
-    std::fs::write(dir.path().join("many.jsonl"), lines.join("\n")).unwrap();
-    assert_eq!(import(dir.path(), &db, "many.jsonl", &[]).await.0, 0);
-    let mut export = tessera(dir.path(), &db, &["export"]);
-    let mut child = export.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (_db, _store, _dir, child) = a_long_export(backend, &[]).await;
+    stops_at_sigterm(child, "pipe_write").await;
+    let fifo = tempfile::tempdir().unwrap();
+    let fifo = fifo.path().join("out.jsonl");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let (_db, _store, _dir, child) = a_long_export(backend, &["--output", fifo.to_str().unwrap()]).await;
+    stops_at_sigterm(child, "wait_for_partner").await;
+}
+
+/// Sends SIGTERM to `child` once one of its threads waits in the kernel at `waits_in` (its
+/// `wchan`), and checks that it stops, saying so, with exit 130.
+async fn stops_at_sigterm(mut child: tokio::process::Child, waits_in: &str) {
     let pid = child.id().unwrap();
-    // Until one of its threads waits in the kernel for the pipe to drain.
     let blocked = || {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
-        tasks.filter_map(|t| std::fs::read_to_string(t.path().join("wchan")).ok()).any(|w| w.contains("pipe_write"))
+        tasks.filter_map(|t| std::fs::read_to_string(t.path().join("wchan")).ok()).any(|w| w.contains(waits_in))
     };
-    eventually("the export waits for its reader", || async { blocked() }).await;
+    eventually(&format!("the export waits in {waits_in}"), || async { blocked() }).await;
     assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("stopped").unwrap();
     assert_eq!(status.code(), Some(130));
