@@ -26,14 +26,25 @@ pub fn is_hidden_control(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// Whether `c` cannot be seen where it stands: a soft hyphen, a zero-width character, a
-/// direction mark, embedding, override or isolate, a line or paragraph separator, an invisible
-/// operator, a byte order mark. Pasted into a secret, such a character makes it wrong without
-/// showing it.
+/// Whether `c` cannot be seen where it stands: a soft hyphen, a combining grapheme joiner, a
+/// zero-width character, a direction mark (the Arabic letter mark among them), embedding,
+/// override or isolate, a line or paragraph separator, an invisible operator, the Mongolian vowel
+/// separator, a variation selector, a byte order mark, a tag character. Pasted into a secret,
+/// such a character makes it wrong without showing it.
 pub fn is_invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}'
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{E0000}'..='\u{E007F}'
     )
 }
 

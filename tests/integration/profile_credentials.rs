@@ -348,6 +348,7 @@ async fn env_values_are_checked_before_anything_is_written(backend: Backend) {
         (json!({"OPENAI_API_KEY": KEY, "OPENAI_ORG": "acme "}), 400, "invalid_env_value", Some("OPENAI_ORG")),
         (json!({"OPENAI_API_KEY": KEY, "OPENAI_ORG": "\u{feff}acme"}), 400, "invalid_env_value", Some("OPENAI_ORG")),
         (json!({"OPENAI_API_KEY": KEY, "OPENAI_ORG": "ac\u{200b}me"}), 400, "invalid_env_value", Some("OPENAI_ORG")),
+        (json!({"OPENAI_API_KEY": KEY, "OPENAI_ORG": "ac\u{061c}me"}), 400, "invalid_env_value", Some("OPENAI_ORG")),
         (json!({"OPENAI_API_KEY": format!("{KEY}\n")}), 400, "invalid_env_value", Some("OPENAI_API_KEY")),
         (json!({"OPENAI_API_KEY": "pk-not-a-key-but-secret"}), 400, "invalid_env_value", Some("OPENAI_API_KEY")),
         (json!({"OPENAI_API_KEY": long}), 400, "field_too_long", Some("OPENAI_API_KEY")),
