@@ -57,6 +57,15 @@ struct StartQuery {
     prompt: Option<String>,
 }
 
+/// The query of `GET /auth/link` (which takes no `prompt`: the account is linked to the
+/// session's user, whoever the provider's session is).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct LinkQuery {
+    provider: Option<String>,
+    return_to: Option<String>,
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct CallbackQuery {
@@ -101,6 +110,10 @@ async fn start_login(
         Ok(ApiQuery(query)) => query,
         Err(error) => return state.pages.error(&headers, error),
     };
+    let asked_fresh = match pages::fresh_login(query.prompt.as_deref()) {
+        Ok(asked) => asked,
+        Err(error) => return state.pages.error(&headers, error),
+    };
     // A browser signed in here, sent by another site — or a sibling host of this one
     // (`same-site`), or a link opened from a mail or chat app (`none`, as typed in): a sign-in
     // forced that way would end its session (and the apps' grants bound to it) and might sign it
@@ -115,7 +128,7 @@ async fn start_login(
                 return already_signed_in(
                     &state,
                     &headers,
-                    query.provider.as_deref(),
+                    (query.provider.as_deref(), asked_fresh),
                     query.return_to.as_deref(),
                     &live,
                 );
@@ -135,10 +148,7 @@ async fn start_login(
         },
         _ => false,
     };
-    let fresh = match pages::fresh_login(query.prompt.as_deref()) {
-        Ok(asked) => fresh || asked,
-        Err(error) => return state.pages.error(&headers, error),
-    };
+    let fresh = fresh || asked_fresh;
     // No provider named and none to take without asking (several, none the default): the
     // chooser asks, and comes back to the same `return_to` (forward-auth's sign-in link, say).
     let provider = match query.provider {
@@ -221,7 +231,7 @@ fn continue_to(state: &AppState, return_to: Option<&str>) -> String {
 pub(super) fn already_signed_in(
     state: &AppState,
     headers: &HeaderMap,
-    provider: Option<&str>,
+    (provider, fresh): (Option<&str>, bool),
     return_to: Option<&str>,
     live: &crate::service::sessions::LiveSession,
 ) -> Response {
@@ -245,9 +255,9 @@ pub(super) fn already_signed_in(
         let fields =
             vec![(csrf::FIELD.to_owned(), csrf::token(session)), ("return_to".to_owned(), return_to.to_owned())];
         let go_on = GoOn::Post { href: KEEP_SESSION_PATH, fields };
-        return account_choice(state, live, title, provider.as_deref(), go_on, Some(return_to));
+        return account_choice(state, live, title, (provider.as_deref(), fresh), go_on, Some(return_to));
     }
-    account_choice(state, live, title, provider.as_deref(), GoOn::Link(&go_on), return_to.as_deref())
+    account_choice(state, live, title, (provider.as_deref(), fresh), GoOn::Link(&go_on), return_to.as_deref())
 }
 
 /// Where "Continue as …" goes: a link, or a form posted (with its fields).
@@ -308,20 +318,21 @@ async fn keep_session(State(state): State<Arc<AppState>>, headers: HeaderMap, Pa
 }
 
 /// A page that lets a signed-in browser go on as who it is (to `go_on`) or sign in anew through
-/// `provider` (the chooser when `None`), coming back to `return_to`: signing in anew ends its
-/// session here.
+/// `provider` (the chooser when `None`, which asks the provider for a fresh login), coming back
+/// to `return_to`: signing in anew ends its session here. `fresh`: the provider is asked for a
+/// fresh login in either case (the sign-in asked for one).
 pub(super) fn account_choice(
     state: &AppState,
     live: &crate::service::sessions::LiveSession,
     title: &str,
-    provider: Option<&str>,
+    (provider, fresh): (Option<&str>, bool),
     go_on: GoOn<'_>,
     return_to: Option<&str>,
 ) -> Response {
     let who = who(&live.profile.user);
     let (through, href) = match provider {
         Some(provider) => {
-            (super::login::provider_label(provider), super::login::provider_href("login", provider, return_to, false))
+            (super::login::provider_label(provider), super::login::provider_href("login", provider, return_to, fresh))
         }
         // Another account than the provider's own session would pick: asked for afresh.
         None => ("another account".to_owned(), pages::fresh_login_url(return_to)),
@@ -351,7 +362,7 @@ pub(super) fn account_choice(
     tag = "pages",
     operation_id = "start_link",
     summary = "Starts linking another identity: redirects to the provider.",
-    params(StartQuery),
+    params(LinkQuery),
     responses(crate::http::openapi::PageResponses),
     security(("session" = []), ("bearer" = [])),
 )]
@@ -359,7 +370,7 @@ async fn start_link(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     OriginalUri(uri): OriginalUri,
-    query: Result<ApiQuery<StartQuery>, ApiError>,
+    query: Result<ApiQuery<LinkQuery>, ApiError>,
 ) -> Response {
     // Without a session, "sign in" comes back here, which then starts the link.
     let here = uri.path_and_query().map_or("/auth/link", |p| p.as_str()).to_owned();
@@ -408,12 +419,7 @@ struct LinkPage {
 }
 
 /// The page asking a signed-in browser to confirm a link it did not start from this origin.
-async fn confirm_link(
-    state: &AppState,
-    headers: &HeaderMap,
-    query: &StartQuery,
-    context: &errors::Context,
-) -> Response {
+async fn confirm_link(state: &AppState, headers: &HeaderMap, query: &LinkQuery, context: &errors::Context) -> Response {
     // (A failure to read the session tries the account page again, not this one: see
     // `start_link`.)
     let (live, session) = match pages::live_session(state, headers, "/account").await {

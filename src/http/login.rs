@@ -213,7 +213,7 @@ fn checked_return_to(state: &AppState, return_to: Option<&str>) -> Result<Option
     tag = "pages",
     operation_id = "submit_login",
     summary = "The sign-in page's email form: home-realm discovery.",
-    request_body(content_type = "application/x-www-form-urlencoded", description = "`email`, and `return_to` when the page had one."),
+    request_body(content_type = "application/x-www-form-urlencoded", description = "`email`; `return_to` and `prompt` (`login`) when the page had them."),
     responses(crate::http::openapi::PageResponses),
     security(()),
 )]

@@ -914,6 +914,19 @@ async fn signing_in_as_someone_else_asks_the_provider_for_a_fresh_login(backend:
         let page = html(bob.navigate(&w.app.url(url)).await, StatusCode::BAD_REQUEST).await;
         assert!(page.contains("invalid_request"), "{url}: {page}");
     }
+    // Sent by another site to such a sign-in while signed in, the browser is asked first, and
+    // signing in anew from that page still asks for a fresh login.
+    let asked = bob.request_from("cross-site", Method::GET, &start("&prompt=login")).await;
+    let asked = html(asked, StatusCode::OK).await;
+    assert!(asked.contains("You are already signed in") && asked.contains("&#38;prompt=login\""), "{asked}");
+    // A provider that lets the person through on its earlier sign-in is refused, and "Try again"
+    // asks afresh again (not a loop back to the same person), without blaming an app.
+    w.local.ignore_reauthentication(true);
+    let mut again = Browser::new();
+    let callback = again.start(&w.app, &format!("provider=local&return_to={back}&prompt=login")).await;
+    let refused = again.navigate(&callback).await.text().await.unwrap();
+    assert!(refused.contains("A fresh sign-in was asked for") && !refused.contains("The app"), "{refused}");
+    assert!(refused.contains(&format!("href=\"{fresh}\">Try again<")), "{refused}");
 }
 
 async fn env_profiles_are_connected_and_reconnected_through_a_fresh_form_link(backend: Backend) {

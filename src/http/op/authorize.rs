@@ -240,7 +240,8 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
                     state,
                     live,
                     title,
-                    provider.as_deref(),
+                    // The held request asks the provider for a fresh login when it is taken up.
+                    (provider.as_deref(), false),
                     crate::http::auth::GoOn::Link(&continue_to),
                     Some(&continue_to),
                 )
@@ -365,7 +366,9 @@ async fn sign_in(
     if let Some(live) = live
         && !csrf::from_our_pages(headers)
     {
-        return crate::http::auth::already_signed_in(state, headers, chosen.as_deref(), Some(continue_to), live);
+        // The held request asks the provider for a fresh login when it is taken up.
+        let chosen = (chosen.as_deref(), false);
+        return crate::http::auth::already_signed_in(state, headers, chosen, Some(continue_to), live);
     }
     let Some(provider) = chosen else {
         return chooser_page(continue_to);

@@ -80,13 +80,14 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
                 .into(),
             vec![("Sign in again", login_url(Some(context.return_to.as_deref().unwrap_or("/account"))))],
         ),
+        // Asked afresh again: a sign-in resuming an app's request would work that out anyway, one
+        // the person asked for (to switch accounts) would not.
         LoginNotFresh => (
             "Please sign in again",
-            "The app you are signing in to asked that you sign in again, but the sign-in provider let you \
-             through on your earlier sign-in. Sign in again; if your provider offers to sign you out \
-             first, do so."
+            "A fresh sign-in was asked for, but the sign-in provider let you through on your earlier \
+             sign-in. Sign in again; if your provider offers to sign you out first, do so."
                 .into(),
-            vec![("Try again", try_again)],
+            vec![("Try again", super::fresh_login_url(context.return_to.as_deref()))],
         ),
         ProviderDenied => (
             "Sign-in was cancelled",
