@@ -30,7 +30,7 @@ use super::csrf;
 use super::extract::{ApiQuery, PageBytes, PagePath};
 use super::login::{provider_href, provider_label};
 use super::pages::icons::Icon;
-use super::pages::{Chrome, Message, errors, live_session, login_url};
+use super::pages::{Action, Chrome, Message, errors, live_session, login_url};
 use super::problem::ApiError;
 use crate::domain::{ClientId, Identity, IdentityId, ProfileKind, ProfileRef, ProfileStatus, TeamId, TeamRef};
 use crate::error::ErrorCode;
@@ -434,9 +434,9 @@ where
     let mut posted: Vec<(String, String)> =
         fields.into_iter().filter(|(name, _)| name == csrf::FIELD || carry.contains(&name.as_str())).collect();
     posted.push((CONFIRMED.to_owned(), "yes".to_owned()));
-    let message = Message { paragraphs, signed_in: true, ..Message::default() };
-    let message = Message { title, ..message }.danger_action(button, path, posted).action("Cancel", "/account");
-    state.pages.message(StatusCode::OK, message)
+    let confirm = Action { fields: posted, danger: true, ..Action::new(button, path) };
+    let message = Message { title, paragraphs, actions: vec![confirm], signed_in: true, code: None };
+    state.pages.message(StatusCode::OK, message.action("Cancel", "/account"))
 }
 
 #[utoipa::path(

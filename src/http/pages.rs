@@ -289,17 +289,6 @@ impl Message {
         self.actions.push(Action { fields, ..Action::new(label, href) });
         self
     }
-
-    /// Adds a next step that posts `fields` to `href` and takes something away.
-    pub fn danger_action(
-        mut self,
-        label: impl Into<String>,
-        href: impl Into<String>,
-        fields: Vec<(String, String)>,
-    ) -> Self {
-        self.actions.push(Action { fields, danger: true, ..Action::new(label, href) });
-        self
-    }
 }
 
 #[derive(Template)]

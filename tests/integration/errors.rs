@@ -358,9 +358,11 @@ async fn errors_below_the_router_are_the_documented_ones() {
 
     let hyper_answers: Vec<(&str, Vec<u8>, u16)> = vec![
         ("a 1 MB header", get(&header_of(1024 * 1024)), 431),
+        // Over twice the 64 KiB bound (a read may take the buffer past it, up to twice).
+        ("a 200 KB header", get(&header_of(200 * 1024)), 431),
+        ("a request target of 200 KB", request(&format!("/{}", "u".repeat(200 * 1024)), "HTTP/1.1", b""), 431),
         ("300 headers", get(&headers(300)), 431),
         ("101 header fields", get(&headers(100)), 431),
-        ("a request target over 65534 bytes", request(&format!("/{}", "u".repeat(65_534)), "HTTP/1.1", b""), 414),
         ("NUL in a header value", get(b"X-A: a\0b\r\n"), 400),
         ("a bare CR in a header value", get(b"X-A: a\rb\r\n"), 400),
         ("a control byte in a header value", get(b"X-A: a\x01b\r\n"), 400),
@@ -396,7 +398,7 @@ async fn errors_below_the_router_are_the_documented_ones() {
         .into_bytes()
     };
     let tessera_answers: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        ("a 300 KB header", get(&header_of(300 * 1024)), 404, "not_found"),
+        ("a 60 KB header", get(&header_of(60 * 1024)), 404, "not_found"),
         ("99 headers besides Host", get(&headers(99)), 404, "not_found"),
         ("bytes over 0x7f in a header value", get(b"X-A: caf\xc3\xa9\r\n"), 404, "not_found"),
         ("an unknown expectation", get(b"Expect: 200-ok\r\n"), 404, "not_found"),

@@ -2349,6 +2349,9 @@ async fn forward_auth_answers_for_sessions_and_tokens(backend: Backend) {
         );
     }
     assert_eq!(browser.get(&w.app.url("/auth/verify")).await.status(), 200, "the session itself is untouched");
+    // An empty copy forges nothing (a proxy that blanks them rather than removing them).
+    let blanked = browser.prepared(Method::GET, &w.app.url("/auth/verify")).header("X-Tessera-Teams", "");
+    assert_eq!(blanked.send().await.unwrap().status(), 200);
     // A token counts for the app the proxy names (its aud), and for no other.
     let access = tokens["access_token"].as_str().unwrap();
     let for_app = w.app.url(&format!("/auth/verify?audience={client}"));

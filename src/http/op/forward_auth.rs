@@ -41,14 +41,15 @@ const EMAIL_VERIFIED: HeaderName = HeaderName::from_static("x-tessera-email-veri
 const TEAMS: HeaderName = HeaderName::from_static("x-tessera-teams");
 const SIGN_IN: HeaderName = HeaderName::from_static("x-tessera-sign-in");
 
-/// Whether the request carries a copy of an identity header of its own, under its name or one
-/// spelt with underscores (`X_Tessera_User_Id`): a proxy replaces or removes the name it was
-/// told, and an app server that maps both spellings to one variable (CGI, PHP, WSGI, Rack) may
-/// read the client's. Only a client forging an identity sends one.
+/// Whether the request carries a copy of an identity header of its own, not empty, under its
+/// name or one spelt with underscores (`X_Tessera_User_Id`): a proxy replaces or removes the name
+/// it was told, and an app server that maps both spellings to one variable (CGI, PHP, WSGI, Rack)
+/// may read the client's. Only a client forging an identity sends one — or a second check behind
+/// a first one that set them, which README asks to strip them first.
 fn forges_identity(headers: &HeaderMap) -> bool {
-    headers.keys().any(|name| {
+    headers.iter().any(|(name, value)| {
         let name = name.as_str().replace('_', "-");
-        [&USER_ID, &EMAIL, &EMAIL_VERIFIED, &TEAMS].iter().any(|ours| ours.as_str() == name)
+        !value.is_empty() && [&USER_ID, &EMAIL, &EMAIL_VERIFIED, &TEAMS].iter().any(|ours| ours.as_str() == name)
     })
 }
 
