@@ -205,6 +205,15 @@ impl World {
     async fn expire_soon(&self, slug: &str) {
         self.app.db.expire_token_in(slug, 60).await;
     }
+
+    /// A profile connected as [`World::connected`] does, whose token expires within a minute
+    /// (a refresh is due), and that token.
+    async fn connected_expiring(&mut self, slug: &str) -> (String, Value) {
+        let slug = self.connected(slug).await;
+        let stored = body(self.token(self.alice.id, &slug).await, 200).await["access_token"].clone();
+        self.expire_soon(&slug).await;
+        (slug, stored)
+    }
 }
 
 fn profile_request(slug: Option<&str>) -> Value {
@@ -967,9 +976,7 @@ async fn two_instances_refresh_once(backend: Backend) {
 /// token, which has more than 30 s left.
 async fn requests_queued_behind_another_instances_refresh_wait_once(backend: Backend) {
     let mut w = world(backend).await;
-    let slug = w.connected("held-elsewhere").await;
-    let stored = body(w.token(w.alice.id, &slug).await, 200).await["access_token"].clone();
-    w.expire_soon(&slug).await;
+    let (slug, stored) = w.connected_expiring("held-elsewhere").await;
     let sql = w.app.db.sql().await;
     let owner = sql.uuid(&uuid::Uuid::new_v4().to_string());
     let lease = format!("refresh_lease_owner = {owner}, refresh_lease_until = {}", sql_time(backend, 1));
@@ -995,9 +1002,7 @@ async fn requests_queued_behind_another_instances_refresh_wait_once(backend: Bac
 /// handed out from then on without asking the provider again.
 async fn a_slow_refresh_hands_out_the_stored_token_and_stores_its_answer_after(backend: Backend) {
     let mut w = world(backend).await;
-    let slug = w.connected("slow-here").await;
-    let stored = body(w.token(w.alice.id, &slug).await, 200).await["access_token"].clone();
-    w.expire_soon(&slug).await;
+    let (slug, stored) = w.connected_expiring("slow-here").await;
     w.issuer.set_token_delay(Duration::from_secs(8));
     let path = format!("/auth-profiles/{slug}/token");
     let requests: Vec<_> = (0..2).map(|_| w.on_behalf(Method::POST, &path, w.alice.id)).collect();
@@ -1018,9 +1023,7 @@ async fn a_slow_refresh_hands_out_the_stored_token_and_stores_its_answer_after(b
 /// gets — the provider's new token, handed out unstored — not the database's error.
 async fn a_slow_refresh_whose_database_fails_meanwhile_hands_out_its_answer(backend: Backend) {
     let mut w = world(backend).await;
-    let slug = w.connected("slow-and-failing").await;
-    let stored = body(w.token(w.alice.id, &slug).await, 200).await["access_token"].clone();
-    w.expire_soon(&slug).await;
+    let (slug, stored) = w.connected_expiring("slow-and-failing").await;
     let refreshes = w.issuer.refreshes();
     w.issuer.set_answer_delay(Duration::from_secs(8));
     let request = w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/token"), w.alice.id).send();
