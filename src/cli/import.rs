@@ -797,28 +797,65 @@ fn export_file(path: &std::path::Path) -> std::io::Result<(File, Option<Replace>
     Ok((options.open(&partial)?, Some(Replace { partial, target })))
 }
 
-/// The file an export to `path` replaces: `path`, or for a link the file it leads to, followed
-/// hop by hop, each hop refused as [`may_follow`] says, in a directory resolved to its real path.
-/// Resolved once: the export is renamed over what this returns, which a link swapped in later
-/// does not redirect (a rename replaces a link, it never follows one).
+/// The file an export to `path` replaces: `path`, or, where a link is met anywhere along it, the
+/// path it leads to — walked a component at a time as the kernel walks a path, each link met
+/// refused as [`may_follow`] says. Resolved once: the export is renamed over what this returns,
+/// which a link swapped in later does not redirect (a rename replaces a link, it never follows
+/// one).
 fn output_target(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
-    /// As many hops as the kernel follows (`ELOOP` past them).
+    use std::path::Component;
+    /// As many links as the kernel follows in one path (`ELOOP` past them).
     const MAX_HOPS: usize = 40;
-    let mut current = path.to_owned();
-    for _ in 0..MAX_HOPS {
-        let link = match std::fs::symlink_metadata(&current) {
-            Ok(meta) if meta.file_type().is_symlink() => meta,
-            // A file, or nothing yet: the target.
-            _ => {
-                let name = current.file_name().ok_or_else(|| std::io::Error::other("the output names no file"))?;
-                let dir = std::fs::canonicalize(parent_of(&current))?;
-                return Ok(dir.join(name));
-            }
-        };
-        may_follow(&current, &link)?;
-        current = parent_of(&current).join(std::fs::read_link(&current)?);
+    /// A component still to walk.
+    enum Part {
+        Root,
+        Parent,
+        Name(std::ffi::OsString),
     }
-    Err(std::io::Error::other("the output is a chain of too many links"))
+    // Last component first; a link's target goes on top, to be walked from the link's directory.
+    let push_all = |pending: &mut Vec<Part>, path: &std::path::Path| {
+        pending.extend(path.components().rev().filter_map(|part| match part {
+            Component::RootDir => Some(Part::Root),
+            Component::ParentDir => Some(Part::Parent),
+            Component::Normal(name) => Some(Part::Name(name.to_owned())),
+            Component::Prefix(_) | Component::CurDir => None,
+        }))
+    };
+    // A real path: no link in it.
+    let mut resolved = if path.is_absolute() { std::path::PathBuf::from("/") } else { std::env::current_dir()? };
+    let mut pending = Vec::new();
+    push_all(&mut pending, path);
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        let name = match part {
+            Part::Root => {
+                resolved = std::path::PathBuf::from("/");
+                continue;
+            }
+            Part::Parent => {
+                resolved.pop();
+                continue;
+            }
+            Part::Name(name) => name,
+        };
+        let candidate = resolved.join(name);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(link) if link.file_type().is_symlink() => {
+                hops += 1;
+                if hops > MAX_HOPS {
+                    return Err(std::io::Error::other("the output is a chain of too many links"));
+                }
+                may_follow(&candidate, &link)?;
+                push_all(&mut pending, &std::fs::read_link(&candidate)?);
+            }
+            // A directory, the file, or nothing yet (the file to create).
+            _ => resolved = candidate,
+        }
+    }
+    if resolved.file_name().is_none() {
+        return Err(std::io::Error::other("the output names no file"));
+    }
+    Ok(resolved)
 }
 
 /// The directory `path` is in (`.` for a bare name).

@@ -482,6 +482,12 @@ async fn an_export_imported_into_an_empty_database_exports_the_same(backend: Bac
     let refused = run(tessera(dir.path(), &source, &["export", "--output", "chain.csv"])).await;
     assert_eq!(refused.code, 2, "{}", refused.stderr);
     assert_eq!(std::fs::read_to_string(dir.path().join("precious")).unwrap(), "keep");
+    // Nor a link to a directory on the way (the kernel checks every link of a path).
+    std::os::unix::fs::symlink("..", shared.join("planted-dir")).unwrap();
+    std::os::unix::fs::lchown(shared.join("planted-dir"), Some(65534), Some(65534)).unwrap();
+    let refused = run(tessera(dir.path(), &source, &["export", "--output", "shared/planted-dir/precious"])).await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert_eq!(std::fs::read_to_string(dir.path().join("precious")).unwrap(), "keep");
     std::os::unix::fs::symlink("../precious", shared.join("mine.csv")).unwrap();
     assert_eq!(export(dir.path(), &source, &["--output", "shared/mine.csv"]).await, csv);
     assert_eq!(std::fs::read_to_string(dir.path().join("precious")).unwrap(), csv, "the file it points at");
