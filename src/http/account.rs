@@ -32,7 +32,7 @@ use super::login::{provider_href, provider_label};
 use super::pages::icons::Icon;
 use super::pages::{Action, Chrome, Message, errors, live_session, login_url};
 use super::problem::ApiError;
-use crate::domain::{ClientId, Identity, IdentityId, ProfileKind, ProfileRef, ProfileStatus, TeamId, TeamRef};
+use crate::domain::{ClientId, Identity, IdentityId, Issuer, ProfileKind, ProfileRef, ProfileStatus, TeamId, TeamRef};
 use crate::error::ErrorCode;
 use crate::service::auth_profiles::AuthProfileError;
 use crate::service::provisioning::IdentityError;
@@ -197,12 +197,11 @@ async fn show_account(
 }
 
 /// Whether `identity` may be removed from a user with `identities`: not their only one, nor
-/// their only one a configured provider signs in with. The store decides when one is removed;
-/// this only says which it would refuse.
-fn removable(state: &AppState, identities: &[Identity], identity: &Identity) -> bool {
-    let sign_in = state.flows.providers().sign_in_issuers();
+/// their only one a provider signs in with (`sign_in`, the providers' issuers). The store decides
+/// when one is removed; this only says which it would refuse.
+fn removable(sign_in: &[Issuer], identities: &[Identity], identity: &Identity) -> bool {
     let others: Vec<&str> = identities.iter().filter(|i| i.id != identity.id).map(|i| i.issuer.as_str()).collect();
-    crate::domain::may_unlink(identity.issuer.as_str(), &others, &sign_in)
+    crate::domain::may_unlink(identity.issuer.as_str(), &others, sign_in)
 }
 
 fn signed_in() -> errors::Context {
@@ -218,11 +217,12 @@ async fn account_page(
     let profile = &live.profile;
     let user = profile.user.id;
     let primary = profile.primary_identity_id.or_else(|| profile.identities.first().map(|i| i.id));
+    let sign_in = state.flows.providers().sign_in_issuers();
     let identities: Vec<IdentityRow> = profile
         .identities
         .iter()
         .map(|identity| IdentityRow {
-            removable: removable(state, &profile.identities, identity),
+            removable: removable(&sign_in, &profile.identities, identity),
             id: identity.id.to_string(),
             provider: provider_label(&identity.provider),
             icon: state.pages.icon(&identity.provider),
@@ -463,7 +463,7 @@ async fn unlink_identity(
         let Some(found) = live.profile.identities.iter().find(|i| i.id == id) else {
             return Ok(Ask::Gone("/account?done=gone"));
         };
-        if !removable(&state, &live.profile.identities, found) {
+        if !removable(&state.flows.providers().sign_in_issuers(), &live.profile.identities, found) {
             return Err(IdentityError::LastIdentity.into());
         }
         let provider = provider_label(&found.provider);

@@ -139,7 +139,9 @@ async fn start_login(
     }
     // Coming back to an authorization request that asked for a fresh login: the provider is
     // asked for one as well, even when the browser came by the chooser.
+    // (Not looked up when the sign-in asks for one itself.)
     let fresh = match (&state.op, query.return_to.as_deref()) {
+        _ if asked_fresh => true,
         (Some(op), Some(return_to)) => match op.resumes_a_fresh_login(return_to).await {
             Ok(fresh) => fresh,
             Err(error) => {
@@ -148,7 +150,6 @@ async fn start_login(
         },
         _ => false,
     };
-    let fresh = fresh || asked_fresh;
     // No provider named and none to take without asking (several, none the default): the
     // chooser asks, and comes back to the same `return_to` (forward-auth's sign-in link, say).
     let provider = match query.provider {

@@ -47,9 +47,15 @@ const SIGN_IN: HeaderName = HeaderName::from_static("x-tessera-sign-in");
 /// may read the client's. Only a client forging an identity sends one — or a second check behind
 /// a first one that set them, which README asks to strip them first.
 fn forges_identity(headers: &HeaderMap) -> bool {
+    // Names come lower-cased; compared byte by byte, `_` standing for `-` (no allocation: this
+    // runs for every header of every request the proxy checks).
+    let spelt_as = |name: &str, ours: &HeaderName| {
+        let ours = ours.as_str();
+        name.len() == ours.len() && name.bytes().zip(ours.bytes()).all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    };
     headers.iter().any(|(name, value)| {
-        let name = name.as_str().replace('_', "-");
-        !value.is_empty() && [&USER_ID, &EMAIL, &EMAIL_VERIFIED, &TEAMS].iter().any(|ours| ours.as_str() == name)
+        !value.is_empty()
+            && [&USER_ID, &EMAIL, &EMAIL_VERIFIED, &TEAMS].iter().any(|ours| spelt_as(name.as_str(), ours))
     })
 }
 
