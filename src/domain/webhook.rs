@@ -182,12 +182,12 @@ pub fn endpoint_url(value: &str, allow_private: bool) -> Result<String, String> 
     if url.as_str().len() > MAX_URL_LEN {
         return Err(format!("at most {MAX_URL_LEN} bytes once percent-encoded"));
     }
-    if !allow_private && url.scheme() == "http" {
-        return Err("the scheme must be https (plain http only with webhooks.allow_private_addresses, for an \
-                    endpoint inside your network)"
-            .into());
-    }
     if !allow_private {
+        if url.scheme() == "http" {
+            return Err("the scheme must be https (plain http only with webhooks.allow_private_addresses, for \
+                        an endpoint inside your network)"
+                .into());
+        }
         let refused = match host {
             url::Host::Ipv4(ip) => is_forbidden_ip(IpAddr::V4(ip)),
             url::Host::Ipv6(ip) => is_forbidden_ip(IpAddr::V6(ip)),

@@ -302,8 +302,7 @@ fn check_browser_session(input: &BrowserSessionInput) -> Result<CheckedSession, 
     // Blank is absent, as for `cdp_url`.
     let browser_kind = input.browser_kind.as_deref().map(str::trim).filter(|kind| !kind.is_empty());
     let browser_kind = browser_kind.unwrap_or(DEFAULT_BROWSER_KIND).to_ascii_lowercase();
-    let kind_ok = !browser_kind.is_empty()
-        && browser_kind.len() <= 32
+    let kind_ok = browser_kind.len() <= 32
         && browser_kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'));
     if !kind_ok {
         return Err(refuse("browser_kind", "expected 1 to 32 characters of a-z, 0-9, `-` and `_`, e.g. chromium"));
