@@ -921,9 +921,7 @@ async fn concurrent_requests_meeting_a_failed_refresh_ask_the_provider_once(back
 /// all the same: while that token has time left, the next requests get it at once.
 async fn requests_after_a_failed_refresh_get_the_stored_token_without_asking_again(backend: Backend) {
     let mut w = world(backend).await;
-    let slug = w.connected("failing-provider").await;
-    let stored = body(w.token(w.alice.id, &slug).await, 200).await["access_token"].clone();
-    w.app.db.expire_token_in(&slug, 120).await;
+    let (slug, stored) = w.connected_expiring("failing-provider").await;
     w.issuer.fail_next_token_request(TokenFault::ServerError(503));
     let calls = w.issuer.refreshes();
     for round in 0..5 {

@@ -178,8 +178,11 @@ async fn errors_on_browser_routes_are_pages_and_apis_keep_problem_json(backend: 
     assert!(page.contains("so you are not signed in"), "{page}");
     // Another error of the provider's is not called a cancel: it says whom to tell.
     let callback = browser.start(&w.app, "provider=local&return_to=/after").await;
-    let state = url::Url::parse(&callback).unwrap().query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
-    let refused = w.app.url(&format!("/auth/callback/local?error=unauthorized_client&state={state}"));
+    let refused = crate::signin::with_param(
+        &crate::signin::with_param(&callback, "code", None),
+        "error",
+        Some("unauthorized_client"),
+    );
     let page = html(browser.navigate(&refused).await, StatusCode::BAD_REQUEST).await;
     assert!(page.contains("The sign-in provider refused this sign-in") && !page.contains("cancelled"), "{page}");
     assert!(page.contains("tell whoever runs this site") && page.contains("provider_refused"), "{page}");

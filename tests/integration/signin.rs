@@ -584,18 +584,7 @@ async fn a_failed_discovery_is_not_retried_by_every_sign_in(backend: Backend) {
 /// keys' endpoint, whose address the document gives, no id token could be checked: the sign-in
 /// is refused before the browser goes to the provider, not after its code is spent.
 async fn configured_endpoints_stand_in_for_a_failed_discovery_until_it_is_read(backend: Backend) {
-    let configured = |jwks: bool| {
-        move |config: &mut Config, _: &LocalIssuer| {
-            config.jwks.failure_backoff = std::time::Duration::from_millis(100);
-            let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
-            let issuer = local.issuer.as_str().trim_end_matches('/').to_owned();
-            local.endpoints.authorization = Some(format!("{issuer}/authorize").parse().unwrap());
-            local.endpoints.token = Some(format!("{issuer}/token").parse().unwrap());
-            if jwks {
-                local.endpoints.jwks = Some(format!("{issuer}/jwks").parse().unwrap());
-            }
-        }
-    };
+    let configured = |jwks: bool| move |config: &mut Config, _: &LocalIssuer| endpoints_configured(config, jwks);
     let without_keys = world_with(backend, configured(false)).await;
     without_keys.issuer.set_available(false);
     let refused = Browser::new().get(&without_keys.app.url("/auth/login")).await;
@@ -618,6 +607,19 @@ async fn configured_endpoints_stand_in_for_a_failed_discovery_until_it_is_read(b
     assert_eq!(w.issuer.discovery_fetches(), 2, "and kept once read");
 }
 
+/// The `local` provider with its authorization and token endpoints (and its keys' with `jwks`)
+/// configured, discovery retried after 100 ms.
+fn endpoints_configured(config: &mut Config, jwks: bool) {
+    config.jwks.failure_backoff = std::time::Duration::from_millis(100);
+    let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
+    let issuer = local.issuer.as_str().trim_end_matches('/').to_owned();
+    local.endpoints.authorization = Some(format!("{issuer}/authorize").parse().unwrap());
+    local.endpoints.token = Some(format!("{issuer}/token").parse().unwrap());
+    if jwks {
+        local.endpoints.jwks = Some(format!("{issuer}/jwks").parse().unwrap());
+    }
+}
+
 /// With the endpoints configured but not `userinfo_endpoint`, while discovery cannot be read: an
 /// id token without an email is not taken for a person without one at a first sign-in (their
 /// email may be the one an account holds, and a sign-in without it would make them a second
@@ -627,12 +629,7 @@ async fn an_email_only_userinfo_gives_waits_for_the_discovery_document(backend: 
     let w = world_with(backend, |config, local_issuer| {
         // For the admin API's bootstrap of the account that holds the email.
         config.issuers.push(crate::helpers::local_issuer_config(local_issuer));
-        config.jwks.failure_backoff = std::time::Duration::from_millis(100);
-        let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
-        let issuer = local.issuer.as_str().trim_end_matches('/').to_owned();
-        local.endpoints.authorization = Some(format!("{issuer}/authorize").parse().unwrap());
-        local.endpoints.token = Some(format!("{issuer}/token").parse().unwrap());
-        local.endpoints.jwks = Some(format!("{issuer}/jwks").parse().unwrap());
+        endpoints_configured(config, true);
     })
     .await;
     let holder = json!({"issuer": w.issuer.issuer(), "subject": "the-holder", "email": "ui@example.com"});
