@@ -63,6 +63,25 @@ impl Cookies {
     pub fn clear(&self, name: &str) -> HeaderValue {
         self.set(name, "", Duration::ZERO)
     }
+
+    /// Whether a browser sends the session cookie to `host`, Tessera being reached at
+    /// `own_host`: a host-only cookie goes to Tessera's host alone (on any port: a cookie does
+    /// not name one), a shared one to the host of its domain and every host under it.
+    pub fn session_reaches(&self, host: &str, own_host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        match &self.session_domain {
+            _ if host.eq_ignore_ascii_case(own_host) => true,
+            Some(domain) => {
+                let (host, domain) = (host.as_bytes(), domain.as_bytes());
+                match host.len().checked_sub(domain.len()) {
+                    Some(0) => host.eq_ignore_ascii_case(domain),
+                    Some(at) => host[at - 1] == b'.' && host[at..].eq_ignore_ascii_case(domain),
+                    None => false,
+                }
+            }
+            None => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -92,5 +111,21 @@ mod tests {
         let login = shared.set(shared.login(), "v", Duration::from_secs(1));
         assert!(login.to_str().unwrap().starts_with("__Host-tessera_login=v;"));
         assert!(!login.to_str().unwrap().contains("Domain"));
+    }
+
+    #[test]
+    fn the_session_cookie_reaches_its_own_host_or_its_domains_hosts() {
+        let host_only = Cookies::new(true, None);
+        assert!(host_only.session_reaches("id.example.com", "id.example.com"));
+        assert!(host_only.session_reaches("ID.example.com.", "id.example.com"));
+        assert!(!host_only.session_reaches("app.example.com", "id.example.com"));
+        assert!(!host_only.session_reaches("example.com", "id.example.com"));
+        let shared = Cookies::new(true, Some("example.com"));
+        for reached in ["id.example.com", "app.example.com", "example.com", "a.b.Example.COM"] {
+            assert!(shared.session_reaches(reached, "id.example.com"), "{reached}");
+        }
+        for elsewhere in ["badexample.com", "example.com.evil.net", "app.example.org", "com"] {
+            assert!(!shared.session_reaches(elsewhere, "id.example.com"), "{elsewhere}");
+        }
     }
 }

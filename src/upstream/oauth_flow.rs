@@ -267,6 +267,11 @@ impl OAuthFlows {
         self.public_url.as_ref().map(|url| url.origin().ascii_serialization())
     }
 
+    /// The host browsers reach Tessera at: `auth.public_url`'s, else `127.0.0.1`.
+    pub fn public_host(&self) -> &str {
+        self.public_url.as_ref().and_then(|url| url.host_str()).unwrap_or("127.0.0.1")
+    }
+
     /// The base URL browsers reach Tessera at.
     pub fn public_url(&self) -> String {
         self.public_url.as_ref().map_or("http://127.0.0.1", |u| u.as_str()).trim_end_matches('/').to_owned()

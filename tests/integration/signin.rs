@@ -1585,17 +1585,31 @@ async fn a_shared_session_cookie_reaches_forward_auth_on_sibling_hosts(backend: 
 
 /// A browser the proxy turns away is sent to sign in and back to the URL it asked for, query and
 /// all: nginx reads the sign-in URL from the 401's `X-Tessera-Sign-In`; with `redirect=true`
-/// (Traefik, Caddy) a navigation gets the 302 itself. Only URLs on allowed origins come back.
+/// (Traefik, Caddy) a navigation gets the 302 itself. Only URLs on allowed origins the session
+/// cookie reaches come back.
 async fn forward_auth_sends_a_browser_to_sign_in_and_back(backend: Backend) {
     let w = world(backend).await;
     let wanted = "https://app.example.com/notes?a=1&b=two%20words";
     let proxy = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let verify = |query: &str| proxy.get(w.app.url(&format!("/auth/verify{query}")));
+    // An allowed origin on a host the (host-only) session cookie never goes to: signed in, the
+    // browser would come back without it and be sent to sign in again, round and round.
+    for query in ["", "?redirect=true"] {
+        let unreachable = proxy.get(w.app.url(&format!("/auth/verify{query}")));
+        let response = unreachable.header("x-original-url", wanted).header("accept", "text/html").send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{query}");
+        assert!(response.headers().get("x-tessera-sign-in").is_none(), "{query}");
+    }
+    // With the cookie shared with example.com's hosts, app.example.com is told where to sign in.
+    let mut config = w.config.clone();
+    config.auth.session_cookie_domain = Some("example.com".into());
+    let shared = TestApp::start_as(w.app.db.share(), &config, "id.example.com").await;
+    let public = |path: &str| format!("http://id.example.com:{}{path}", shared.addr.port());
+    let verify = |query: &str| proxy.get(shared.url(&format!("/auth/verify{query}")));
     let nginx = verify("").header("x-original-url", wanted).header("accept", "text/html").send().await.unwrap();
     assert_eq!(nginx.status(), StatusCode::UNAUTHORIZED);
     let sign_in = nginx.headers()["x-tessera-sign-in"].to_str().unwrap().to_owned();
     let expected_query = url::form_urlencoded::Serializer::new(String::new()).append_pair("return_to", wanted).finish();
-    assert_eq!(sign_in, w.app.url(&format!("/auth/login?{expected_query}")));
+    assert_eq!(sign_in, public(&format!("/auth/login?{expected_query}")));
 
     let forwarded = |request: reqwest::RequestBuilder| {
         request
@@ -1652,21 +1666,20 @@ async fn forward_auth_sends_a_browser_to_sign_in_and_back(backend: Backend) {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         let told = response.headers()["x-tessera-sign-in"].to_str().unwrap().to_owned();
         let query = url::form_urlencoded::Serializer::new(String::new()).append_pair("return_to", kept).finish();
-        assert_eq!(told, w.app.url(&format!("/auth/login?{query}")), "{asked}");
+        assert_eq!(told, public(&format!("/auth/login?{query}")), "{asked}");
     }
     // A URL on Tessera's own host comes back as a path.
-    let own = verify("").header("x-original-url", w.app.url("/account?tab=1")).header("accept", "text/html");
+    let own = verify("").header("x-original-url", public("/account?tab=1")).header("accept", "text/html");
     let own = own.send().await.unwrap();
     assert_eq!(
         own.headers()["x-tessera-sign-in"].to_str().unwrap(),
-        w.app.url("/auth/login?return_to=%2Faccount%3Ftab%3D1")
+        public("/auth/login?return_to=%2Faccount%3Ftab%3D1")
     );
 
     // Followed, the sign-in ends where the browser was going.
     w.issuer.set_next_user(StubUser::new("fa-back", "back@example.com"));
     let mut browser = Browser::new();
-    let query = sign_in.split_once('?').unwrap().1.to_owned();
-    let done = browser.sign_in(&w.app, &query).await;
+    let done = browser.sign_in(&w.app, &expected_query).await;
     assert_eq!(location(&done), wanted);
     assert_eq!(browser.get(&w.app.url("/auth/verify")).await.status(), StatusCode::OK);
 }
