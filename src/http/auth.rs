@@ -203,7 +203,7 @@ pub(crate) fn who(user: &crate::domain::User) -> String {
 /// a `return_to` chosen by another site must not borrow that (`/auth/link?provider=…` would link
 /// whoever the browser is signed in as at the provider without asking), so such a destination
 /// goes to the account page instead.
-fn continue_to(state: &AppState, return_to: Option<&str>) -> String {
+pub(super) fn continue_to(state: &AppState, return_to: Option<&str>) -> String {
     const ACCOUNT: &str = "/account";
     let Some(to) = return_to else { return ACCOUNT.to_owned() };
     // Resolved as the browser will (dot segments and all), against this origin.

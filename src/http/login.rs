@@ -23,6 +23,7 @@ use super::pages::{self, Chrome};
 use super::problem::ApiError;
 use crate::domain::{Email, ReturnTo};
 use crate::error::ErrorCode;
+use crate::service::sessions::LiveSession;
 use crate::service::teams::Discovery;
 
 /// The routes.
@@ -72,6 +73,14 @@ struct LoginPage {
     email: String,
     notice: Option<String>,
     notice_is_error: bool,
+    /// Who the browser is signed in as, and where going on as them leads.
+    signed_in: Option<SignedIn>,
+}
+
+/// The chooser's word to a signed-in browser: who it is, and "Continue as …".
+struct SignedIn {
+    who: String,
+    href: String,
 }
 
 /// A provider's name as people read it: the well-known ones spelt their way, others capitalised.
@@ -128,13 +137,21 @@ pub fn provider_buttons(state: &AppState, path: &str, return_to: Option<&str>, f
 }
 
 /// The chooser going on to `return_to` (asking the provider for a fresh login when `fresh`), with
-/// an optional notice.
-pub fn chooser(
+/// an optional notice. To a browser signed in (`live`) it says as whom, and offers to go on as
+/// them; its buttons, which sign in as someone else, ask the provider for a fresh login (its own
+/// session would pick the same person again).
+fn chooser(
     state: &AppState,
     (return_to, fresh): (Option<&str>, bool),
     email: &str,
     notice: Option<(String, bool)>,
+    live: Option<&LiveSession>,
 ) -> Response {
+    let signed_in = live.map(|live| SignedIn {
+        who: super::auth::who(&live.profile.user),
+        href: super::auth::continue_to(state, return_to),
+    });
+    let fresh = fresh || signed_in.is_some();
     let providers = provider_buttons(state, "login", return_to, fresh);
     let status = if providers.is_empty() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     let (notice, notice_is_error) = match notice {
@@ -144,13 +161,14 @@ pub fn chooser(
     state.pages.render(
         status,
         &LoginPage {
-            chrome: state.pages.chrome(false),
+            chrome: state.pages.chrome(signed_in.is_some()),
             providers,
             return_to: return_to.map(str::to_owned),
             fresh,
             email: email.to_owned(),
             notice,
             notice_is_error,
+            signed_in,
         },
     )
 }
@@ -178,7 +196,15 @@ async fn show_login(
         Ok(fresh) => fresh,
         Err(error) => return state.pages.error(&headers, error),
     };
-    let email = query.email.as_deref().map(str::trim).filter(|e| !e.is_empty());
+    if query.email.as_deref().is_some_and(|email| !email.trim().is_empty()) {
+        return discover(&state, &headers, (query.return_to.as_deref(), fresh), query.email.as_deref()).await;
+    }
+    let return_to = match checked_return_to(&state, query.return_to.as_deref()) {
+        Ok(checked) => checked,
+        Err(error) => return state.pages.error(&headers, error),
+    };
+    // Whose session the browser has: a store that cannot tell gets the plain chooser.
+    let live = pages::live_session(&state, &headers, "/login").await.map(|live| live.map(|(live, _)| live));
     let notice = match query.done.as_deref() {
         Some("unlinked") => Some(
             "The sign-in method you had signed in with was removed, so you are signed out here. Sign in with \
@@ -188,16 +214,8 @@ async fn show_login(
         _ => None,
     };
     // Said only to a browser that is signed out indeed (any page may link here).
-    if let Some(notice) = notice.filter(|_| email.is_none())
-        && pages::live_session(&state, &headers, "/login").await.is_ok_and(|live| live.is_none())
-    {
-        let return_to = match checked_return_to(&state, query.return_to.as_deref()) {
-            Ok(checked) => checked,
-            Err(error) => return state.pages.error(&headers, error),
-        };
-        return chooser(&state, (return_to.as_deref(), fresh), "", Some((notice.to_owned(), false)));
-    }
-    discover(&state, &headers, (query.return_to.as_deref(), fresh), query.email.as_deref()).await
+    let notice = notice.filter(|_| matches!(live, Ok(None))).map(|notice| (notice.to_owned(), false));
+    chooser(&state, (return_to.as_deref(), fresh), "", notice, live.ok().flatten().as_ref())
 }
 
 /// `return_to` as the sign-in flow would take it (absent when empty).
@@ -253,11 +271,11 @@ async fn discover(
         Err(error) => return state.pages.error(headers, error),
     };
     let Some(email_text) = email.map(str::trim).filter(|e| !e.is_empty()) else {
-        return chooser(state, (return_to.as_deref(), fresh), "", None);
+        return chooser(state, (return_to.as_deref(), fresh), "", None, None);
     };
     let Ok(email) = Email::parse(email_text) else {
         let notice = "Enter an email address like name@example.com.".to_owned();
-        return chooser(state, (return_to.as_deref(), fresh), email_text, Some((notice, true)));
+        return chooser(state, (return_to.as_deref(), fresh), email_text, Some((notice, true)), None);
     };
     let providers = state.flows.providers();
     let team_provider = match state.teams.discover(&email).await {
@@ -277,7 +295,7 @@ async fn discover(
             None => {
                 let notice =
                     format!("{} has no team sign-in of its own here. Choose how you want to sign in.", email.domain());
-                chooser(state, (return_to.as_deref(), fresh), email_text, Some((notice, false)))
+                chooser(state, (return_to.as_deref(), fresh), email_text, Some((notice, false)), None)
             }
         },
     }

@@ -35,6 +35,7 @@ on_both_backends!(
     providers_show_built_in_configured_or_monogram_icons,
     a_store_failure_offers_the_same_page_again_not_a_new_sign_in,
     signing_in_as_someone_else_asks_the_provider_for_a_fresh_login,
+    the_chooser_tells_a_signed_in_browser_who_it_is,
 );
 
 struct World {
@@ -54,6 +55,7 @@ async fn world(backend: Backend) -> World {
     second.set_next_user(StubUser::new("ada-second", "ada@example.com"));
     let app = TestApp::spawn_with(backend, |config| {
         config.auth.cookie_secure = false;
+        config.auth.return_to_origins = vec!["https://app.example.com".into()];
         config.providers.push(provider("local", ProviderKind::Oidc, &local));
         // A configured icon (a path on Tessera: the built-in GitLab one) for the second.
         let icon = Some("/assets/icons/gitlab.svg".to_owned());
@@ -538,6 +540,39 @@ async fn signing_in_again_replaces_the_browsers_session(backend: Backend) {
     sign_in(&mut browser, &w.app, "local").await;
     assert_eq!(body(browser.me(&w.app).await, 200).await["email"], "bob@example.com");
     assert_eq!(w.app.db.sql().await.count("sessions").await, 1);
+}
+
+/// A signed-in browser on the chooser is told who it is and can go on as them; its buttons, which
+/// sign in as someone else (ending the session here), ask the provider for a fresh login, since
+/// its own session would pick the same person again.
+async fn the_chooser_tells_a_signed_in_browser_who_it_is(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    let page = html(browser.navigate(&w.app.url("/login?return_to=/after")).await, StatusCode::OK).await;
+    assert!(!page.contains("You are signed in") && !page.contains("prompt=login"), "{page}");
+    assert!(!page.contains("href=\"/auth/logout\""), "{page}");
+    sign_in(&mut browser, &w.app, "local").await;
+    let page = html(browser.navigate(&w.app.url("/login?return_to=/after")).await, StatusCode::OK).await;
+    assert!(page.contains("You are signed in as ada@example.com."), "{page}");
+    assert!(page.contains("<a class=\"button\" href=\"/after\">Continue as ada@example.com</a>"), "{page}");
+    assert!(page.contains("href=\"/auth/logout\""), "the header offers to sign out: {page}");
+    for provider in ["local", "second"] {
+        let button = format!("href=\"/auth/login?provider={provider}&#38;return_to=%2Fafter&#38;prompt=login\"");
+        assert!(page.contains(&button), "{button}: {page}");
+    }
+    assert!(page.contains("<input type=\"hidden\" name=\"prompt\" value=\"login\">"), "{page}");
+    // Going on leads to where the browser was going: an allowed app, or the account page — also
+    // for a `return_to` that is one of Tessera's own flows, which a click here must not start.
+    for (return_to, to) in [
+        ("", "/account"),
+        ("?return_to=https%3A%2F%2Fapp.example.com%2Fx", "https://app.example.com/x"),
+        ("?return_to=%2Fauth%2Flink%3Fprovider%3Dsecond", "/account"),
+    ] {
+        let page = html(browser.navigate(&w.app.url(&format!("/login{return_to}"))).await, StatusCode::OK).await;
+        assert!(page.contains(&format!("href=\"{to}\">Continue as ada@example.com<")), "{return_to}: {page}");
+    }
+    assert_eq!(w.app.db.sql().await.count("sessions").await, 1, "looking at the chooser signs no one out");
+    assert_eq!(browser.me(&w.app).await.status(), StatusCode::OK);
 }
 
 async fn logout_confirms_on_a_page_and_its_form_needs_the_token(backend: Backend) {
