@@ -307,6 +307,7 @@ struct MessagePage {
 struct ConsentPage<'a> {
     chrome: Chrome,
     who: &'a str,
+    email: Option<&'a str>,
     client_name: &'a str,
     scopes: &'a [String],
     resource: Option<&'a str>,
@@ -314,19 +315,20 @@ struct ConsentPage<'a> {
 }
 
 impl Pages {
-    /// The consent page: who is signed in (the account the app would get), which app asks for
-    /// which scopes and, in words, for which resource, and a form that posts the decision
-    /// (`request_id`, `decision`) to `/oauth/consent`. The request id is single-use and bound
-    /// to the session, which makes it the form's CSRF token.
+    /// The consent page: who is signed in (the account the app would get: `who`, with its email
+    /// when given), which app asks for which scopes and, in words, for which resource, and a
+    /// form that posts the decision (`request_id`, `decision`: `approve`, `deny`, or
+    /// `another_account`) to `/oauth/consent`. The request id is single-use and bound to the
+    /// session, which makes it the form's CSRF token.
     pub fn consent(
         &self,
-        who: &str,
+        (who, email): (&str, Option<&str>),
         client_name: &str,
         scopes: &[String],
         resource: Option<&str>,
         request_id: &str,
     ) -> Response {
-        let page = ConsentPage { chrome: self.chrome(true), who, client_name, scopes, resource, request_id };
+        let page = ConsentPage { chrome: self.chrome(true), who, email, client_name, scopes, resource, request_id };
         self.render(StatusCode::OK, &page)
     }
 }

@@ -46,6 +46,7 @@ on_both_backends!(
     prompt_and_max_age_are_honoured,
     a_provider_asked_to_choose_the_account_is_held_to_the_auth_time_it_states,
     a_failure_after_the_request_is_validated_is_told_to_the_app,
+    someone_else_can_sign_in_from_a_consent_page,
     select_account_lets_a_signed_in_user_go_on_or_use_another_account,
     another_site_cannot_force_a_signed_in_browser_to_sign_in_again,
     a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider,
@@ -1830,6 +1831,50 @@ async fn prompt_none_with_a_hint_of_another_user_is_login_required(backend: Back
     let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
     let sub = |token: &str| jwt_parts(token).1["sub"].clone();
     assert_eq!(sub(tokens["id_token"].as_str().unwrap()), sub(&bobs), "signed in as the hinted user");
+}
+
+/// "Not you? Use another account" on a consent page: the request goes on for whoever signs in
+/// now, by a fresh login at the provider (whose own session would pick the same person again),
+/// and the app gets the code of the person who did, once they consented themselves.
+async fn someone_else_can_sign_in_from_a_consent_page(backend: Backend) {
+    let w = op_world(backend).await;
+    let partner = json!({"name": "Partner", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": false});
+    let (client, secret) = register(&w.app, partner).await;
+    let secret = secret.expect("a confidential client gets a secret");
+    let (verifier, challenge) = pkce();
+    let mut ada = StubUser::new("switch-ada", "ada@example.com");
+    ada.name = Some("Ada".into());
+    w.issuer.set_next_user(ada);
+    let mut browser = Browser::new();
+    let page = html_of(first_page(&w.app, &mut browser, authorize_url(&w.app, &client, &challenge, "")).await).await;
+    assert!(page.contains("Signed in as <strong>Ada</strong> (ada@example.com). Not you?"), "{page}");
+    let request_id = request_id_of(&page);
+    let switch = [("request_id", request_id.as_str()), ("decision", "another_account")];
+    let switched = browser_post(&mut browser, &w.app.url("/oauth/consent"), &switch).await;
+    assert_eq!(switched.status(), StatusCode::SEE_OTHER);
+    let to = location(&switched);
+    assert!(to.starts_with(&format!("/oauth/authorize?client_id={client}&request_uri=")), "{to}");
+    // The consent request is used up: the page's Allow, sent after, grants Ada nothing.
+    let approve = [("request_id", request_id.as_str()), ("decision", "approve")];
+    let late = browser_post(&mut browser, &w.app.url("/oauth/consent"), &approve).await;
+    assert!(!location(&late).starts_with(REDIRECT), "{}", location(&late));
+    assert_eq!(w.app.db.sql().await.count("oauth_grants").await, 0);
+    // Followed, the request asks the provider for a fresh login.
+    let upstream = location(&browser.request_from("same-origin", Method::GET, &w.app.url(&to)).await);
+    assert_eq!(param(&upstream, "prompt").as_deref(), Some("login"), "{upstream}");
+    w.issuer.set_next_user(StubUser::new("switch-bob", "bob@example.com"));
+    let page = html_of(first_page(&w.app, &mut browser, upstream).await).await;
+    assert!(page.contains("Signed in as <strong>bob@example.com</strong>. Not you?"), "{page}");
+    let approve = [("request_id", request_id_of(&page)), ("decision", "approve".to_owned())];
+    let approve: Vec<(&str, &str)> = approve.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let back = location(&browser_post(&mut browser, &w.app.url("/oauth/consent"), &approve).await);
+    assert_eq!(param(&back, "state").as_deref(), Some("st-1"), "{back}");
+    let code = param(&back, "code").expect("a code");
+    let tokens = body(exchange(&w.app, (&client, &secret), &code, &verifier).await, 200).await;
+    let bob = body(browser.me(&w.app).await, 200).await;
+    assert_eq!(bob["email"], "bob@example.com");
+    assert_eq!(jwt_parts(tokens["id_token"].as_str().unwrap()).1["sub"], bob["id"]);
+    assert_eq!(w.app.db.sql().await.count("sessions").await, 1, "Ada's session here ended with Bob's sign-in");
 }
 
 /// RFC 6749 4.1.2.1: once the client and its redirect URI are known good, a failure of

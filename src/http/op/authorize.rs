@@ -25,7 +25,7 @@ use crate::http::csrf;
 use crate::http::extract::PageBytes;
 use crate::http::pages::{self, Message};
 use crate::http::problem::ApiError;
-use crate::service::op::authorize::{AuthorizationParams, AuthorizeError, Next, Rejection, SessionView};
+use crate::service::op::authorize::{AuthorizationParams, AuthorizeError, Decision, Next, Rejection, SessionView};
 use crate::service::op::provider::{OAuthError, TesseraResource};
 use crate::service::op::tokens::{self, HintCheck, repeated_parameter, single_valued};
 use crate::service::sessions::LiveSession;
@@ -229,8 +229,8 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
         }
         Ok(Next::Consent { request_id, client_name, scopes, resource }) => {
             // Consent is asked of a signed-in browser only.
-            let who = live.as_ref().map(|live| crate::http::auth::who(&live.profile.user)).unwrap_or_default();
-            consent_page(state, &who, &request_id, &client_name, &scopes, resource.as_deref())
+            let user = live.as_ref().map(|live| &live.profile.user);
+            consent_page(state, user, &request_id, &client_name, &scopes, resource.as_deref())
         }
         Ok(Next::SelectAccount { continue_to }) => match live.as_ref() {
             Some(live) => {
@@ -394,7 +394,7 @@ fn chooser_page(continue_to: &str) -> Response {
 
 fn consent_page(
     state: &AppState,
-    who: &str,
+    user: Option<&crate::domain::User>,
     request_id: &str,
     client_name: &str,
     scopes: &[String],
@@ -402,7 +402,11 @@ fn consent_page(
 ) -> Response {
     let resource = resource.map(|resource| resource_in_words(state, resource));
     let scopes: Vec<String> = scopes.iter().map(|scope| scope_in_words(scope)).collect();
-    state.pages.consent(who, client_name, &scopes, resource.as_deref(), request_id)
+    let who = user.map(crate::http::auth::who).unwrap_or_default();
+    // The email too when the name leads: the account the app would get, told apart from
+    // another of the same name.
+    let email = user.filter(|user| user.name.is_some()).and_then(|user| user.email.as_deref());
+    state.pages.consent((&who, email), client_name, &scopes, resource.as_deref(), request_id)
 }
 
 /// What a scope lets the app do, for the consent page; a scope Tessera gives no meaning to (an
@@ -485,20 +489,21 @@ async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByt
             "request_id and decision are required",
         );
     };
-    let approve = match *decision {
-        "approve" => true,
-        "deny" => false,
+    let decision = match *decision {
+        "approve" => Decision::Approve,
+        "deny" => Decision::Deny,
+        "another_account" => Decision::AnotherAccount,
         _ => {
             return refuse(
                 &state,
                 &headers,
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                "decision must be approve or deny",
+                "decision must be approve, deny or another_account",
             );
         }
     };
-    match op.consent(request_id, &view(&live, cookie), approve, crate::http::audit::request_id(&headers)).await {
+    match op.consent(request_id, &view(&live, cookie), decision, crate::http::audit::request_id(&headers)).await {
         Ok(to) => redirect(&to, &[]),
         Err(error) => rejected(&state, &headers, error, None),
     }

@@ -238,6 +238,17 @@ impl From<super::keys::SigningError> for AuthorizeError {
     }
 }
 
+/// What the user answered on the consent page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Let the app in.
+    Approve,
+    /// Refuse: the app is told `access_denied`.
+    Deny,
+    /// Not the person signed in: the request goes on for whoever signs in now, afresh.
+    AnotherAccount,
+}
+
 /// The next step of an authorization request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
@@ -252,7 +263,7 @@ pub enum Next {
         reauthenticate: bool,
     },
     /// The user must consent: show the client's name, the scopes and the resource, and post the
-    /// decision with `request_id`.
+    /// [`Decision`] with `request_id`.
     Consent {
         /// Identifies the held request in the consent form.
         request_id: String,
@@ -402,8 +413,9 @@ impl OpenIdProvider {
         Ok((uri, REQUEST_TTL.as_secs()))
     }
 
-    /// Completes a consent step: `approve` or not, by the browser with `session`. The held
-    /// request is used up by the first answer; the same form sent again by the same session
+    /// Completes a consent step with the `decision` of the browser with `session`: where to send
+    /// it (the client, with a code or `access_denied`; or, for another account, the request held
+    /// again for a fresh sign-in). The held request is used up by the first answer; the same form sent again by the same session
     /// within [`KEPT`](crate::service::answers::KEPT) (a double click, whose first response the
     /// browser drops) gets the first answer again on this instance. `x_request_id` (the HTTP
     /// request's id) goes in the approval's audit row.
@@ -411,13 +423,13 @@ impl OpenIdProvider {
         &self,
         request_id: &str,
         session: &SessionView,
-        approve: bool,
+        decision: Decision,
         x_request_id: Option<String>,
     ) -> Result<String, AuthorizeError> {
         let id_hash = sha256(request_id.as_bytes());
         let (this, view) = (self.clone(), session.clone());
         let work = move || async move {
-            match this.answer_consent(&id_hash, &view, approve, x_request_id.as_deref()).await {
+            match this.answer_consent(&id_hash, &view, decision, x_request_id.as_deref()).await {
                 Ok(to) => Ok(Ok(to)),
                 Err(AuthorizeError::Rejected(rejection)) => Ok(Err(rejection)),
                 Err(error) => Err(error),
@@ -430,7 +442,7 @@ impl OpenIdProvider {
         &self,
         id_hash: &[u8; 32],
         session: &SessionView,
-        approve: bool,
+        decision: Decision,
         x_request_id: Option<&str>,
     ) -> Result<String, AuthorizeError> {
         let now = crate::domain::now();
@@ -439,8 +451,25 @@ impl OpenIdProvider {
         let by = HeldFor::Session(&session.hash);
         let Some(checked) = self.take_checked(id_hash, by, now).await? else { return Err(AuthorizeError::ConsentGone) };
         let request = checked?;
-        if !approve {
-            return Err(request.reject("access_denied", "the user declined"));
+        match decision {
+            Decision::Approve => {}
+            Decision::Deny => return Err(request.reject("access_denied", "the user declined")),
+            // The request goes on for whoever signs in now, by a fresh login (the provider's own
+            // session would pick the same person again): held without the session, and without
+            // the hint of who was expected (the client compares `sub`), as when a sign-in answers
+            // a hint of someone else.
+            Decision::AnotherAccount => {
+                let params = AuthorizationParams { login_hint: None, ..request.params.clone() };
+                let request = AuthorizationRequest {
+                    hinted_user: None,
+                    login_hint: None,
+                    auth_after: Some(request.auth_after.map_or(now, |after| after.max(now))),
+                    params,
+                    ..request
+                };
+                let uri = self.hold(&request, None, false, None, now).await?;
+                return Ok(continue_url(request.client.id.as_str(), &uri));
+            }
         }
         let back = (request.redirect_uri.clone(), request.state.clone());
         self.grant_consented(request, session, now, x_request_id).await.map_err(|error| failure_to_client(error, back))
