@@ -200,6 +200,17 @@ pub struct LinkForm {
     return_to: Option<String>,
 }
 
+/// The consent page's form, `POST /oauth/consent`.
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "a schema only: the form is parsed by the handler")]
+pub struct ConsentForm {
+    /// The consent request the page showed (single-use, bound to the session).
+    request_id: String,
+    /// `approve`, `deny`, or `another_account` (someone else signs in instead).
+    #[schema(pattern = "^(approve|deny|another_account)$")]
+    decision: String,
+}
+
 /// The form of an account-page action that takes something away (a sign-in method, a
 /// connection): without `confirmed`, it answers with a page asking to confirm.
 #[derive(ToSchema)]

@@ -447,7 +447,7 @@ fn resource_in_words(state: &AppState, resource: &str) -> String {
     tag = "oauth",
     operation_id = "consent",
     summary = "The consent page's answer (form).",
-    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    request_body(content = crate::http::openapi::ConsentForm, content_type = "application/x-www-form-urlencoded"),
     responses(crate::http::openapi::OAuthPageResponses),
     security(("session" = [])),
 )]
