@@ -110,7 +110,9 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         ),
         ProviderUnavailable | IssuerUnavailable => (
             "The sign-in provider is not responding",
-            "We could not reach the sign-in provider. It may be down for a moment.".into(),
+            "We could not reach the sign-in provider, or it did not answer as expected. Try again in a moment; if \
+             it keeps happening, tell whoever runs this site."
+                .into(),
             vec![("Try again", try_again)],
         ),
         // A signed-in browser (a stale link to link another sign-in method, say) is offered its
