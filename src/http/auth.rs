@@ -275,7 +275,7 @@ pub(super) enum GoOn<'a> {
 }
 
 /// The path of [`keep_session`] (its route names it too).
-const KEEP_SESSION_PATH: &str = "/auth/continue";
+pub(super) const KEEP_SESSION_PATH: &str = "/auth/continue";
 
 /// `POST /auth/continue`: "Stay signed in as … and decline" on the question asked of a browser signed in here
 /// that another site sent to sign in again for an app's authorization request (`prompt=login`,

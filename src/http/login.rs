@@ -77,10 +77,23 @@ struct LoginPage {
     signed_in: Option<SignedIn>,
 }
 
-/// The chooser's word to a signed-in browser: who it is, and "Continue as …".
+/// The chooser's word to a signed-in browser: who it is, and going on as them — a link, or,
+/// for an app's authorization request waiting on this sign-in, a form (`fields` posted to
+/// `href`) that declines it, so that the app is told rather than left waiting.
 struct SignedIn {
     who: String,
     href: String,
+    fields: Vec<(String, String)>,
+}
+
+/// A notice at the top of the chooser.
+enum Notice {
+    /// None.
+    None,
+    /// Said to anyone: its text, and whether it is an error (of the email field).
+    Always(String, bool),
+    /// Said only to a browser signed out indeed (any page may link to the chooser with it).
+    SignedOut(&'static str),
 }
 
 /// A provider's name as people read it: the well-known ones spelt their way, others capitalised.
@@ -137,27 +150,29 @@ pub fn provider_buttons(state: &AppState, path: &str, return_to: Option<&str>, f
 }
 
 /// The chooser going on to `return_to` (asking the provider for a fresh login when `fresh`), with
-/// an optional notice. To a browser signed in (`live`) it says as whom, and offers to go on as
-/// them; its buttons, which sign in as someone else, ask the provider for a fresh login (its own
-/// session would pick the same person again).
-fn chooser(
+/// a notice. To a browser signed in it says as whom, and offers to go on as them; its buttons,
+/// which sign in as someone else, ask the provider for a fresh login (its own session would pick
+/// the same person again). A store that cannot tell whose session it is: the plain chooser.
+async fn chooser(
     state: &AppState,
+    headers: &HeaderMap,
     (return_to, fresh): (Option<&str>, bool),
     email: &str,
-    notice: Option<(String, bool)>,
-    live: Option<&LiveSession>,
+    notice: Notice,
 ) -> Response {
-    let signed_in = live.map(|live| SignedIn {
-        who: super::auth::who(&live.profile.user),
-        href: super::auth::continue_to(state, return_to),
-    });
+    let live = pages::live_session(state, headers, "/login").await;
+    let (notice, notice_is_error) = match notice {
+        Notice::Always(text, error) => (Some(text), error),
+        Notice::SignedOut(text) if matches!(live, Ok(None)) => (Some(text.to_owned()), false),
+        Notice::SignedOut(_) | Notice::None => (None, false),
+    };
+    let signed_in = match live.ok().flatten() {
+        Some((live, session)) => Some(going_on(state, &live, &session, return_to).await),
+        None => None,
+    };
     let fresh = fresh || signed_in.is_some();
     let providers = provider_buttons(state, "login", return_to, fresh);
     let status = if providers.is_empty() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-    let (notice, notice_is_error) = match notice {
-        Some((text, error)) => (Some(text), error),
-        None => (None, false),
-    };
     state.pages.render(
         status,
         &LoginPage {
@@ -171,6 +186,26 @@ fn chooser(
             signed_in,
         },
     )
+}
+
+/// How the chooser lets the browser signed in as `live` (with the cookie `session`) go on as
+/// who it is: to `return_to` (see [`super::auth::continue_to`]); for an app's authorization
+/// request waiting on this sign-in, on to it — or, when it asks for a new sign-in (which going on
+/// as who it is cannot give), by a form that declines it (see
+/// [`KEEP_SESSION_PATH`](super::auth::KEEP_SESSION_PATH)), so that the app is told rather than
+/// left waiting. One whose kind cannot be read now is offered the form too: it sends a request
+/// gone meanwhile to the account page.
+async fn going_on(state: &AppState, live: &LiveSession, session: &str, return_to: Option<&str>) -> SignedIn {
+    let who = super::auth::who(&live.profile.user);
+    let op = state.op.as_ref();
+    let Some((op, request)) = op.zip(return_to).filter(|(op, to)| op.resumes_a_request(to)) else {
+        return SignedIn { who, href: super::auth::continue_to(state, return_to), fields: Vec::new() };
+    };
+    if let Ok(false) = op.resumes_a_fresh_login(request).await {
+        return SignedIn { who, href: request.to_owned(), fields: Vec::new() };
+    }
+    let fields = vec![(csrf::FIELD.to_owned(), csrf::token(session)), ("return_to".to_owned(), request.to_owned())];
+    SignedIn { who, href: super::auth::KEEP_SESSION_PATH.to_owned(), fields }
 }
 
 #[utoipa::path(
@@ -203,19 +238,17 @@ async fn show_login(
         Ok(checked) => checked,
         Err(error) => return state.pages.error(&headers, error),
     };
-    // Whose session the browser has: a store that cannot tell gets the plain chooser.
-    let live = pages::live_session(&state, &headers, "/login").await.map(|live| live.map(|(live, _)| live));
     let notice = match query.done.as_deref() {
-        Some("unlinked") => Some(
+        Some("unlinked") => Notice::SignedOut(
             "The sign-in method you had signed in with was removed, so you are signed out here. Sign in with \
              one of the methods still linked to your account.",
         ),
-        Some("expired") => Some("Your session here had ended, so nothing was changed. Sign in, then try again."),
-        _ => None,
+        Some("expired") => {
+            Notice::SignedOut("Your session here had ended, so nothing was changed. Sign in, then try again.")
+        }
+        _ => Notice::None,
     };
-    // Said only to a browser that is signed out indeed (any page may link here).
-    let notice = notice.filter(|_| matches!(live, Ok(None))).map(|notice| (notice.to_owned(), false));
-    chooser(&state, (return_to.as_deref(), fresh), "", notice, live.ok().flatten().as_ref())
+    chooser(&state, &headers, (return_to.as_deref(), fresh), "", notice).await
 }
 
 /// `return_to` as the sign-in flow would take it (absent when empty).
@@ -271,11 +304,11 @@ async fn discover(
         Err(error) => return state.pages.error(headers, error),
     };
     let Some(email_text) = email.map(str::trim).filter(|e| !e.is_empty()) else {
-        return chooser(state, (return_to.as_deref(), fresh), "", None, None);
+        return chooser(state, headers, (return_to.as_deref(), fresh), "", Notice::None).await;
     };
     let Ok(email) = Email::parse(email_text) else {
         let notice = "Enter an email address like name@example.com.".to_owned();
-        return chooser(state, (return_to.as_deref(), fresh), email_text, Some((notice, true)), None);
+        return chooser(state, headers, (return_to.as_deref(), fresh), email_text, Notice::Always(notice, true)).await;
     };
     let providers = state.flows.providers();
     let team_provider = match state.teams.discover(&email).await {
@@ -295,7 +328,8 @@ async fn discover(
             None => {
                 let notice =
                     format!("{} has no team sign-in of its own here. Choose how you want to sign in.", email.domain());
-                chooser(state, (return_to.as_deref(), fresh), email_text, Some((notice, false)), None)
+                let notice = Notice::Always(notice, false);
+                chooser(state, headers, (return_to.as_deref(), fresh), email_text, notice).await
             }
         },
     }

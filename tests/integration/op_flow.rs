@@ -1875,6 +1875,21 @@ async fn someone_else_can_sign_in_from_a_consent_page(backend: Backend) {
     assert_eq!(bob["email"], "bob@example.com");
     assert_eq!(jwt_parts(tokens["id_token"].as_str().unwrap()).1["sub"], bob["id"]);
     assert_eq!(w.app.db.sql().await.count("sessions").await, 1, "Ada's session here ended with Bob's sign-in");
+
+    // The request, used up, cannot be held again (the store failing): the app is told, as of any
+    // failure after validation, rather than left waiting for an answer that cannot come.
+    let asking = authorize_url(&w.app, &client, &challenge, "&prompt=consent");
+    let page = html_of(first_page(&w.app, &mut browser, asking).await).await;
+    let switch = [("request_id", request_id_of(&page)), ("decision", "another_account".to_owned())];
+    let switch: Vec<(&str, &str)> = switch.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let sql = w.app.db.sql().await;
+    sql.inject("INSERT", "oauth_requests", None, "SELECT RAISE(ABORT, 'injected');", "RAISE EXCEPTION 'injected';")
+        .await;
+    let told = location(&browser_post(&mut browser, &w.app.url("/oauth/consent"), &switch).await);
+    sql.remove_injected("oauth_requests").await;
+    assert!(told.starts_with(REDIRECT), "{told}");
+    assert_eq!(param(&told, "error").as_deref(), Some("server_error"), "{told}");
+    assert_eq!(param(&told, "state").as_deref(), Some("st-1"), "{told}");
 }
 
 /// RFC 6749 4.1.2.1: once the client and its redirect URI are known good, a failure of

@@ -146,6 +146,12 @@ pub async fn confirmed(browser: &mut Browser, url: &str, fields: &[(&str, &str)]
 }
 
 /// The CSRF token of a page's forms.
+/// The `return_to` of a local URL.
+fn return_to_of(url: &str) -> String {
+    let query = url.split_once('?').expect("a query").1;
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "return_to").expect("a return_to").1.into_owned()
+}
+
 pub fn csrf_of(page: &str) -> String {
     page.split("name=\"csrf\" value=\"").nth(1).expect("a CSRF field").split('"').next().unwrap().to_owned()
 }
@@ -571,8 +577,50 @@ async fn the_chooser_tells_a_signed_in_browser_who_it_is(backend: Backend) {
         let page = html(browser.navigate(&w.app.url(&format!("/login{return_to}"))).await, StatusCode::OK).await;
         assert!(page.contains(&format!("href=\"{to}\">Continue as ada@example.com<")), "{return_to}: {page}");
     }
+    // So does the chooser an email with no team sign-in of its own comes to.
+    let page = html(browser.navigate(&w.app.url("/login?email=x%40unclaimed.example")).await, StatusCode::OK).await;
+    assert!(page.contains("unclaimed.example has no team sign-in") && page.contains("You are signed in as"), "{page}");
+    assert!(page.contains("href=\"/auth/login?provider=local&#38;prompt=login\""), "{page}");
     assert_eq!(w.app.db.sql().await.count("sessions").await, 1, "looking at the chooser signs no one out");
     assert_eq!(browser.me(&w.app).await.status(), StatusCode::OK);
+
+    // An app's authorization request that waits on the chooser goes on as the person signed in;
+    // one that asked for a new sign-in ("Use another account" on its consent page), which going
+    // on cannot give, is declined by a form instead: the app is told, not left waiting.
+    let partner = json!({"name": "Partner", "kind": "confidential", "redirect_uris": ["https://app.example.com/cb"],
+                         "first_party": false});
+    let partner = w.app.admin(Method::POST, "/admin/clients").json(&partner).send().await.unwrap();
+    let client = body(partner, 201).await["client_id"].as_str().unwrap().to_owned();
+    let authorize = w.app.url(&format!(
+        "/oauth/authorize?response_type=code&client_id={client}&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb\
+         &scope=openid&state=s1&nonce=n1&code_challenge={}&code_challenge_method=S256",
+        "c".repeat(43)
+    ));
+    let consent = html(browser.navigate(&authorize).await, StatusCode::OK).await;
+    let request_id = consent.split("name=\"request_id\" value=\"").nth(1).unwrap().split('"').next().unwrap();
+    let fields = [("request_id", request_id), ("decision", "another_account")];
+    let resume = location(&browser.form(&w.app.url("/oauth/consent"), &fields).await);
+    let chooser = location(&browser.request_from("same-origin", Method::GET, &w.app.url(&resume)).await);
+    assert!(chooser.starts_with("/login?return_to=%2Foauth%2Fauthorize"), "several providers: {chooser}");
+    let page = html(browser.navigate(&w.app.url(&chooser)).await, StatusCode::OK).await;
+    assert!(page.contains("Stay signed in as ada@example.com and decline"), "{page}");
+    assert!(!page.contains(">Continue as"), "{page}");
+    assert_eq!(form_action(&page, "/auth/continue"), "/auth/continue");
+    let held = return_to_of(&chooser);
+    assert!(page.contains(&format!("name=\"return_to\" value=\"{}\"", held.replace('&', "&#38;"))), "{page}");
+    let stay = [("csrf", csrf_of(&page)), ("return_to", held)];
+    let stay: Vec<(&str, &str)> = stay.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let told = location(&browser.form(&w.app.url("/auth/continue"), &stay).await);
+    assert!(told.starts_with("https://app.example.com/cb?error=access_denied"), "{told}");
+    // A request that waits on the chooser for a sign-in only (a browser that signed in meanwhile,
+    // in another tab) is resumed by "Continue as": its consent page.
+    let mut fresh = Browser::new();
+    let waiting = location(&fresh.navigate(&authorize).await);
+    assert!(waiting.starts_with("/login?return_to="), "{waiting}");
+    sign_in(&mut fresh, &w.app, "local").await;
+    let page = html(fresh.navigate(&w.app.url(&waiting)).await, StatusCode::OK).await;
+    let request = return_to_of(&waiting).replace('&', "&#38;");
+    assert!(page.contains(&format!("<a class=\"button\" href=\"{request}\">Continue as")), "{page}");
 }
 
 async fn logout_confirms_on_a_page_and_its_form_needs_the_token(backend: Backend) {

@@ -1599,6 +1599,21 @@ async fn forward_auth_sends_a_browser_to_sign_in_and_back(backend: Backend) {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{query}");
         assert!(response.headers().get("x-tessera-sign-in").is_none(), "{query}");
     }
+    // Tessera's own host is one the host-only cookie reaches (as the proxy names it: with a port).
+    let own_url = |request: reqwest::RequestBuilder| request.header("x-original-url", w.app.url("/account?tab=1"));
+    let own_forwarded = |request: reqwest::RequestBuilder| {
+        request
+            .header("x-forwarded-proto", "http")
+            .header("x-forwarded-host", w.app.addr.to_string())
+            .header("x-forwarded-uri", "/account?tab=1")
+    };
+    for own in [own_url(proxy.get(w.app.url("/auth/verify"))), own_forwarded(proxy.get(w.app.url("/auth/verify")))] {
+        let response = own.header("accept", "text/html").send().await.unwrap();
+        assert_eq!(
+            response.headers()["x-tessera-sign-in"].to_str().unwrap(),
+            w.app.url("/auth/login?return_to=%2Faccount%3Ftab%3D1")
+        );
+    }
     // With the cookie shared with example.com's hosts, app.example.com is told where to sign in.
     let mut config = w.config.clone();
     config.auth.session_cookie_domain = Some("example.com".into());

@@ -467,7 +467,13 @@ impl OpenIdProvider {
                     params,
                     ..request
                 };
-                let uri = self.hold(&request, None, false, None, now).await?;
+                // The request is used up: a failure to hold it again is told to the app, as any
+                // failure after validation, not left for it to wait on.
+                let back = (request.redirect_uri.clone(), request.state.clone());
+                let uri = self
+                    .hold(&request, None, false, None, now)
+                    .await
+                    .map_err(|error| failure_to_client(AuthorizeError::Store(error), back))?;
                 return Ok(continue_url(request.client.id.as_str(), &uri));
             }
         }
