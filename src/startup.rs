@@ -259,7 +259,7 @@ impl Application {
             (Some(keys), Some(issuer)) => Some(
                 OpenIdProvider::new(store.clone(), clients.clone(), keys.clone(), issuer, config.oidc.id_token_ttl)
                     .with_refresh_token_reuse(config.oidc.refresh_token_reuse)
-                    .with_session_idle(config.auth.session_idle),
+                    .with_sessions(config.auth.session_idle, last_seen.clone()),
             ),
             _ => None,
         };

@@ -85,6 +85,8 @@ pub struct GrantRecord {
     pub auth_time: DateTime<Utc>,
     /// When it ends at the latest.
     pub expires_at: DateTime<Utc>,
+    /// The hash of the browser session it is bound to; `None` for an offline grant.
+    pub session_hash: Option<[u8; 32]>,
     /// Not revoked, not expired, its user not disabled, its identity still there, and its
     /// session (if bound to one) neither ended, expired nor idle.
     pub active: bool,

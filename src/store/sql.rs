@@ -4430,7 +4430,7 @@ macro_rules! grant_select {
     ($tail:literal) => {
         concat!(
             "SELECT g.id AS grant_id, g.client_id, g.user_id AS grant_user_id, g.identity_id AS grant_identity_id,
-                    g.scope, g.resource, g.provider, g.auth_time, g.expires_at AS grant_expires_at, ",
+                    g.scope, g.resource, g.provider, g.auth_time, g.expires_at AS grant_expires_at, g.session_hash, ",
             grant_active!(),
             " AS active",
             $tail
@@ -4485,6 +4485,7 @@ fn grant_record(row: &super::db::Row) -> Result<GrantRecord, StoreError> {
         provider: row.opt_text("provider")?,
         auth_time: row.time("auth_time")?,
         expires_at: row.time("grant_expires_at")?,
+        session_hash: row.opt_bytes("session_hash")?.map(|b| rows::hash32(&b)).transpose()?,
         active: row.flag("active")?,
     })
 }

@@ -47,6 +47,7 @@ on_both_backends!(
     a_provider_asked_to_choose_the_account_is_held_to_the_auth_time_it_states,
     a_failure_after_the_request_is_validated_is_told_to_the_app,
     someone_else_can_sign_in_from_a_consent_page,
+    refreshing_an_apps_tokens_keeps_its_browser_session_in_use,
     select_account_lets_a_signed_in_user_go_on_or_use_another_account,
     another_site_cannot_force_a_signed_in_browser_to_sign_in_again,
     a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider,
@@ -2677,6 +2678,31 @@ async fn a_grant_ends_when_its_session_goes_idle_not_at_the_sweep(backend: Backe
     assert_eq!(oauth_error(userinfo, 401).await, "invalid_token");
     let refused = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
     assert_eq!(oauth_error(refused, 400).await, "invalid_grant");
+}
+
+/// An app in use refreshes its tokens; its grant is bound to the browser session it came from,
+/// which the person, working in the app, may not visit for days: a refresh is a use of that
+/// session, as a page of Tessera's is, so that the session (and with it the grant) does not go
+/// idle under an app in use.
+async fn refreshing_an_apps_tokens_keeps_its_browser_session_in_use(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret, tokens) = first_tokens(&w).await;
+    let creds = (client.as_str(), secret.as_str());
+    let sql = w.app.db.sql().await;
+    // Last used a little under the default idle timeout (a day) ago.
+    let (nearly_idle, recent) = match backend {
+        Backend::Sqlite => (
+            "(CAST(strftime('%s', 'now') AS INTEGER) - 86000) * 1000000",
+            "last_seen_at > (CAST(strftime('%s', 'now') AS INTEGER) - 60) * 1000000",
+        ),
+        Backend::Postgres => ("now() - interval '86000 seconds'", "last_seen_at > now() - interval '60 seconds'"),
+    };
+    sql.exec(&format!("UPDATE sessions SET last_seen_at = {nearly_idle}")).await.unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh)];
+    body(token_request(&w.app, creds, &form).await, 200).await;
+    let recent = format!("sessions WHERE {recent}");
+    eventually("the refresh noted as a use of the session", || async { sql.count(&recent).await == 1 }).await;
 }
 
 async fn an_offline_grant_outlives_the_browser_session(backend: Backend) {

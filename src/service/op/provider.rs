@@ -11,6 +11,7 @@ use super::keys::SigningKeys;
 use crate::domain::UserId;
 use crate::service::answers::Answers;
 use crate::store::{ActorKind, GrantAt, NewAuditEvent, Store, StoreError, UserApp};
+use crate::worker::last_seen::LastSeen;
 
 /// How long an authorization code lives.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
@@ -60,6 +61,8 @@ pub struct OpenIdProvider {
     /// How long a browser session lasts unused (`auth.session_idle_minutes`): a grant bound to
     /// one ends with it.
     pub(super) session_idle: Duration,
+    /// Where a refresh of a grant bound to a browser session notes that session's use.
+    pub(super) last_seen: Option<Arc<LastSeen>>,
     /// The consent forms' answers, by request id hash, kept for the same form sent again.
     pub(super) answers: Arc<Answers<Result<String, super::authorize::Rejection>>>,
     /// Where "Continue as …" sent a browser, by held request hash, kept for the same form sent
@@ -85,15 +88,19 @@ impl OpenIdProvider {
             id_token_ttl,
             refresh_token_reuse: Duration::ZERO,
             session_idle: crate::config::DEFAULT_SESSION_IDLE,
+            last_seen: None,
             answers,
             given_up: Arc::default(),
         }
     }
 
     /// Ends the grants bound to a browser session once it has gone unused for `idle`, as the
-    /// session itself does (`auth.session_idle_minutes`).
-    pub fn with_session_idle(mut self, idle: Duration) -> Self {
+    /// session itself does (`auth.session_idle_minutes`); a refresh of such a grant is a use of
+    /// its session, noted in `last_seen` (an app in use keeps the sign-in it came from alive, up
+    /// to the session's lifetime).
+    pub fn with_sessions(mut self, idle: Duration, last_seen: Arc<LastSeen>) -> Self {
         self.session_idle = idle;
+        self.last_seen = Some(last_seen);
         self
     }
 

@@ -473,7 +473,15 @@ impl OpenIdProvider {
             )
             .await?
         {
-            RotateOutcome::Rotated => Ok(response),
+            RotateOutcome::Rotated => {
+                // The app is in use: so is the browser session its grant is bound to, which
+                // would otherwise go idle (and end the grant) while the person works in the app
+                // without visiting Tessera. Noted off the request's path, as any session use.
+                if let (Some(session), Some(last_seen)) = (grant.session_hash, &self.last_seen) {
+                    last_seen.session(session, now);
+                }
+                Ok(response)
+            }
             RotateOutcome::Reused => {
                 tracing::warn!(client_id = %client.id, "rotated refresh token reused; its grant is revoked");
                 Err(invalid())
