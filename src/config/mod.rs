@@ -551,7 +551,21 @@ impl DatabaseUrl {
     /// [`parse`](Self::parse) of a PostgreSQL URL: the parameters the driver does not read are
     /// taken out (and named), those it cannot keep refused.
     fn parse_postgres(value: &str) -> Result<Self, String> {
-        let mut url = url::Url::parse(value).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+        let mut url = url::Url::parse(value).map_err(|e| {
+            // A password with `/`, `?`, `#` or `@` in it (as random ones have) cuts the
+            // authority short, and what is left reads as a port or a host name.
+            let hint = match e {
+                url::ParseError::InvalidPort
+                | url::ParseError::EmptyHost
+                | url::ParseError::InvalidDomainCharacter
+                | url::ParseError::IdnaError => {
+                    "; in the user name and password, percent-encode `/ ? # @ : %` (`/` is %2F, `@` is %40)"
+                }
+                _ => "",
+            };
+            // Not the value: it may hold the password.
+            format!("not a valid PostgreSQL URL: {e}{hint}")
+        })?;
         let (mut read, mut ignored) = (Vec::new(), Vec::new());
         for (name, value) in url.query_pairs() {
             if matches!(name.as_ref(), "sslmode" | "ssl-mode")
@@ -2009,6 +2023,10 @@ mod tests {
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(!debug.contains("supersecretadmintoken"), "{debug}");
         assert_eq!(config.database.url.to_string(), "postgres://u:***@db.example/tessera");
+        // A password that cuts the URL short is not echoed, and the error says what to do.
+        let error = DatabaseUrl::parse("postgres://tessera:ab/cd@db/tessera").unwrap_err();
+        assert!(error.contains("invalid port number") && error.contains("percent-encode"), "{error}");
+        assert!(!error.contains("ab/cd"), "{error}");
         // The driver reads a `password` parameter too.
         let url = DatabaseUrl::parse("postgres://u@db.example/tessera?sslmode=require&password=hunter2").unwrap();
         assert_eq!(url.to_string(), "postgres://u@db.example/tessera?sslmode=require&password=***");
