@@ -472,10 +472,17 @@ impl<E: std::error::Error + 'static> ErrorChain for E {
 
 impl std::fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut said = self.0.to_string();
+        f.write_str(&said)?;
         let mut source = self.0.source();
         while let Some(cause) = source {
-            write!(f, ": {cause}")?;
+            // A cause its error already printed (sqlx's "error communicating with database: {0}")
+            // is not said twice.
+            let text = cause.to_string();
+            if !said.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            said = text;
             source = cause.source();
         }
         Ok(())
@@ -497,6 +504,15 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+
+    #[test]
+    fn a_chain_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "Permission denied");
+        let error = crate::store::StoreError::Database(sqlx::Error::Io(io));
+        assert_eq!(Chain(&error).to_string(), "database error: error communicating with database: Permission denied");
+        let request = crate::store::StoreError::Unavailable(sqlx::Error::PoolTimedOut);
+        assert_eq!(Chain(&request).to_string(), format!("the database is unavailable: {}", sqlx::Error::PoolTimedOut));
+    }
 
     #[test]
     fn codes_are_unique_snake_case_and_map_to_error_statuses() {

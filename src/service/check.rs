@@ -88,9 +88,10 @@ pub async fn run(config: &Config) -> Report {
     }
     if store::sqlite_file_missing(&config.database.url).unwrap_or(false) {
         let missing = format!("the SQLite database {} does not exist yet", config.database.url);
-        match config.database.auto_migrate {
-            true => report.push(Severity::Warning, format!("{missing}; `tessera serve` creates it")),
-            false => report.push(
+        match (config.database.auto_migrate, store::sqlite_file_uncreatable(&config.database.url)) {
+            (_, Some(why)) => report.push(Severity::Problem, format!("{missing}, and cannot be created: {why}")),
+            (true, None) => report.push(Severity::Warning, format!("{missing}; `tessera serve` creates it")),
+            (false, None) => report.push(
                 Severity::Problem,
                 format!("{missing}; `tessera migrate` creates it (database.auto_migrate is off)"),
             ),

@@ -1713,8 +1713,30 @@ fn create_private_file(path: &std::path::Path) -> Result<(), StoreError> {
     match options.open(path) {
         Ok(_) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(error) => Err(StoreError::Database(sqlx::Error::Io(error))),
+        Err(error) => {
+            let why = format!(
+                "cannot create the SQLite database file {}: {error} (its directory must exist and be writable by \
+                 this process)",
+                path.display()
+            );
+            Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(error.kind(), why))))
+        }
     }
+}
+
+/// Why the SQLite database file `url` names, missing, could not be created by this process: its
+/// directory does not exist, or this process may not write there; `None` when it could (or the
+/// URL names no file), for `tessera check` to say before `tessera serve` fails on it.
+pub fn sqlite_file_uncreatable(url: &crate::config::DatabaseUrl) -> Option<String> {
+    let file = sqlite_file(url.expose()).ok().flatten()?;
+    let dir = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        return Some(format!("its directory {} does not exist", dir.display()));
+    }
+    let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+    rustix::fs::accessat(rustix::fs::CWD, dir, access, rustix::fs::AtFlags::EACCESS)
+        .err()
+        .map(|error| format!("this process may not create files in its directory {} ({error})", dir.display()))
 }
 
 /// The database file a `sqlite:` URL names; `None` for an in-memory database.

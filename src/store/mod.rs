@@ -40,7 +40,7 @@ pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
 pub use cache_sync::{CacheChange, LogPage, LoggedChange};
 pub use db::{
     ReplicaLag, copy_sqlite, create_pg_database, drop_pg_database, replica_check_interval, sqlite_file,
-    sqlite_file_missing,
+    sqlite_file_missing, sqlite_file_uncreatable,
 };
 pub use grants::{
     CodeRecord, Consent, GrantAt, GrantRecord, HeldFor, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome,

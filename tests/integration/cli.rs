@@ -182,6 +182,17 @@ async fn serve_with_no_configuration_creates_and_migrates_sqlite() {
         assert!(failed.stderr.contains("127.0.0.1:1/tessera"), "{command:?}: {}", failed.stderr);
         assert!(!failed.stderr.contains("hunter2"), "{command:?}: {}", failed.stderr);
     }
+    // A database file whose directory is missing cannot be created: `check` says so, and fails,
+    // rather than promise that `serve` creates it; `serve` names the file and what to fix.
+    let nowhere = format!("sqlite://{}/missing/tessera.db", dir.path().display());
+    let checked = run(tessera(dir.path()).env("TESSERA_DATABASE_URL", &nowhere).arg("check")).await;
+    assert_eq!(checked.code, 1, "{}{}", checked.stdout, checked.stderr);
+    let problem = format!("its directory {}/missing does not exist", dir.path().display());
+    assert!(checked.stdout.contains(&problem), "{}", checked.stdout);
+    let failed = run(tessera(dir.path()).env("TESSERA_DATABASE_URL", &nowhere).arg("migrate")).await;
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(failed.stderr.contains("cannot create the SQLite database file"), "{}", failed.stderr);
+    assert_eq!(failed.stderr.matches("No such file or directory").count(), 1, "said once: {}", failed.stderr);
     // `check` lists what is doubtful in the URL among its findings, not only in its log.
     let checked = run(tessera(dir.path()).env("TESSERA_DATABASE_URL", unreachable).arg("check")).await;
     let ignored = checked.stdout.lines().find(|line| line.starts_with("warning") && line.contains("connect_timeout"));
