@@ -99,7 +99,7 @@ pub enum StartupError {
     #[error("cannot write the webhook endpoints of the configuration file ([[webhooks.endpoints]]) to the database")]
     ConfigWebhooks(#[source] crate::service::webhooks::WebhookError),
     /// The OpenID Provider's signing keys cannot be read or used.
-    #[error("cannot load the OpenID Provider's signing keys")]
+    #[error("cannot load the OpenID Provider's signing keys (`tessera check` says what to do)")]
     SigningKeys(#[source] SigningError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}")]
