@@ -190,18 +190,18 @@ async fn chooser(
 
 /// How the chooser lets the browser signed in as `live` (with the cookie `session`) go on as
 /// who it is: to `return_to` (see [`super::auth::continue_to`]); for an app's authorization
-/// request waiting on this sign-in, on to it — or, when it asks for a new sign-in (which going on
-/// as who it is cannot give), by a form that declines it (see
-/// [`KEEP_SESSION_PATH`](super::auth::KEEP_SESSION_PATH)), so that the app is told rather than
-/// left waiting. One whose kind cannot be read now is offered the form too: it sends a request
-/// gone meanwhile to the account page.
+/// request waiting on this sign-in, on to it when it goes on for this session — else (it asks
+/// for a fresher login, or names another user: a click would start a new sign-in, not go on) by
+/// a form that declines it (see [`KEEP_SESSION_PATH`](super::auth::KEEP_SESSION_PATH)), so that
+/// the app is told rather than left waiting. One that cannot be read now is offered the form
+/// too: it sends a request gone meanwhile to the account page.
 async fn going_on(state: &AppState, live: &LiveSession, session: &str, return_to: Option<&str>) -> SignedIn {
     let who = super::auth::who(&live.profile.user);
     let op = state.op.as_ref();
     let Some((op, request)) = op.zip(return_to).filter(|(op, to)| op.resumes_a_request(to)) else {
         return SignedIn { who, href: super::auth::continue_to(state, return_to), fields: Vec::new() };
     };
-    if let Ok(false) = op.resumes_a_fresh_login(request).await {
+    if let Ok(true) = op.goes_on_as(request, &super::op::authorize::view(live, session)).await {
         return SignedIn { who, href: request.to_owned(), fields: Vec::new() };
     }
     let fields = vec![(csrf::FIELD.to_owned(), csrf::token(session)), ("return_to".to_owned(), request.to_owned())];

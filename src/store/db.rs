@@ -1734,7 +1734,9 @@ pub fn sqlite_file_uncreatable(url: &crate::config::DatabaseUrl) -> Option<Strin
         return Some(format!("its directory {} does not exist", dir.display()));
     }
     let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
-    rustix::fs::accessat(rustix::fs::CWD, dir, access, rustix::fs::AtFlags::EACCESS)
+    // Real ids (not setuid: the same as the effective ones): `faccessat2`, which the effective
+    // ids would need, is refused outright by some container sandboxes.
+    rustix::fs::access(dir, access)
         .err()
         .map(|error| format!("this process may not create files in its directory {} ({error})", dir.display()))
 }

@@ -612,6 +612,23 @@ async fn the_chooser_tells_a_signed_in_browser_who_it_is(backend: Backend) {
     let stay: Vec<(&str, &str)> = stay.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let told = location(&browser.form(&w.app.url("/auth/continue"), &stay).await);
     assert!(told.starts_with("https://app.example.com/cb?error=access_denied"), "{told}");
+    // So is one that another site's server posted (held as sent) asking for a fresh login: a
+    // link to it, clicked on this page, would start a new sign-in, not go on as who is signed in.
+    let server = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let (_, query) = authorize.split_once('?').unwrap();
+    let posted = server
+        .post(w.app.url("/oauth/authorize"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("{query}&prompt=login"))
+        .send()
+        .await
+        .unwrap();
+    let held = location(&posted);
+    assert!(held.starts_with("/oauth/authorize?client_id="), "{held}");
+    let chooser =
+        format!("/login?return_to={}", url::form_urlencoded::byte_serialize(held.as_bytes()).collect::<String>());
+    let page = html(browser.navigate(&w.app.url(&chooser)).await, StatusCode::OK).await;
+    assert!(page.contains("Stay signed in as ada@example.com and decline") && !page.contains(">Continue as"), "{page}");
     // A request that waits on the chooser for a sign-in only (a browser that signed in meanwhile,
     // in another tab) is resumed by "Continue as": its consent page.
     let mut fresh = Browser::new();

@@ -161,7 +161,7 @@ async fn read_session<'h>(
 }
 
 /// The session as the authorization rules see it; `cookie` is its cookie's value.
-fn view(live: &LiveSession, cookie: &str) -> SessionView {
+pub(crate) fn view(live: &LiveSession, cookie: &str) -> SessionView {
     let identity = live.record.identity_id;
     SessionView {
         user: live.record.user_id,

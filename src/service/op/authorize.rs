@@ -984,12 +984,31 @@ impl OpenIdProvider {
     /// whichever way the browser reached it (the chooser included). Read from the held request,
     /// not from the URL, which the browser could change.
     pub async fn resumes_a_fresh_login(&self, return_to: &str) -> Result<bool, StoreError> {
-        let Some((hash, _)) = resumed_request(return_to) else { return Ok(false) };
-        let Some(held) = self.store.held_request(&hash, crate::domain::now()).await? else {
-            return Ok(false);
-        };
-        let held = Held::decode(&held)?;
-        Ok(held.auth_after_us.is_some() || held.account_choice)
+        let now = crate::domain::now();
+        let Some(held) = self.held_for(return_to, now).await? else { return Ok(false) };
+        Ok(auth_after(&held, now).is_some() || held.account_choice)
+    }
+
+    /// Whether the authorization request `return_to` resumes would go on for the browser of
+    /// `session` as who it is signed in as — rather than send it to sign in anew: it asks for a
+    /// fresher login than the session's (`prompt=login`, `max_age`, another account chosen), or
+    /// names another user (`id_token_hint`). Read from the held request as it will be checked,
+    /// whether it was held as sent (pushed, or posted from another site) or decided. `false` when
+    /// `return_to` resumes no request, or one gone.
+    pub async fn goes_on_as(&self, return_to: &str, session: &SessionView) -> Result<bool, StoreError> {
+        let now = crate::domain::now();
+        let Some(held) = self.held_for(return_to, now).await? else { return Ok(false) };
+        let fresh = auth_after(&held, now)
+            .is_none_or(|after| session.authenticated_at.is_some_and(|at| at.timestamp_micros() >= after));
+        let hinted = held.hinted_user.as_deref().is_none_or(|user| user == session.user.to_string());
+        Ok(fresh && hinted && !held.account_choice)
+    }
+
+    /// The held request `return_to` resumes, if it is there.
+    async fn held_for(&self, return_to: &str, now: DateTime<Utc>) -> Result<Option<Held>, StoreError> {
+        let Some((hash, _)) = resumed_request(return_to) else { return Ok(None) };
+        let Some(held) = self.store.held_request(&hash, now).await? else { return Ok(None) };
+        Held::decode(&held).map(Some)
     }
 
     /// Whether `return_to` (where a sign-in is to come back to) resumes a held authorization
@@ -1056,6 +1075,22 @@ fn without_foreign_request_uri(params: AuthorizationParams) -> AuthorizationPara
     }
 }
 
+/// The authentication a held request asks for, at or after (unix microseconds): as decided, or,
+/// for a request held as sent, its `prompt=login` and `max_age` as [`OpenIdProvider::validate`]
+/// will read them.
+fn auth_after(held: &Held, now: DateTime<Utc>) -> Option<i64> {
+    let prompted = split_scope(held.params.prompt.as_deref().unwrap_or("")).iter().any(|p| p == "login");
+    let max_age = held.params.max_age.as_deref().and_then(|v| v.parse::<u32>().ok());
+    [
+        held.auth_after_us,
+        prompted.then(|| now.timestamp_micros()),
+        max_age.map(|seconds| now.timestamp_micros() - i64::from(seconds) * 1_000_000),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+}
+
 /// The store key of the held request a local `return_to` resumes (`/oauth/authorize?…&request_uri=…`),
 /// and the client it names.
 fn resumed_request(return_to: &str) -> Option<([u8; 32], Option<String>)> {
@@ -1099,6 +1134,28 @@ fn redirect_with(uri: &str, pairs: &[(&str, &str)], state: Option<&str>, in_frag
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_request_asks_for_the_login_its_prompt_and_max_age_will_ask_for() {
+        let now = crate::domain::now();
+        let us = now.timestamp_micros();
+        let held = |prompt: Option<&str>, max_age: Option<&str>, decided: Option<i64>| Held {
+            params: AuthorizationParams {
+                prompt: prompt.map(str::to_owned),
+                max_age: max_age.map(str::to_owned),
+                ..Default::default()
+            },
+            auth_after_us: decided,
+            hinted_user: None,
+            account_choice: false,
+        };
+        assert_eq!(auth_after(&held(None, None, None), now), None);
+        assert_eq!(auth_after(&held(Some("consent select_account"), None, None), now), None);
+        assert_eq!(auth_after(&held(Some("consent login"), None, None), now), Some(us));
+        assert_eq!(auth_after(&held(None, Some("60"), None), now), Some(us - 60_000_000));
+        assert_eq!(auth_after(&held(None, Some("60"), Some(us - 1)), now), Some(us - 1), "the later one");
+        assert_eq!(auth_after(&held(None, Some("soon"), Some(us - 5)), now), Some(us - 5), "refused at validation");
+    }
 
     #[test]
     fn redirects_keep_the_registered_query() {

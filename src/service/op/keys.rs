@@ -975,17 +975,17 @@ impl LoadedKey {
         }
         let may_sign = record.retired_at.is_none_or(|retired| retired > now) && public.is_ok();
         let encoding = may_sign.then(|| {
-            let pkcs8 = keyring.decrypt(&record.private_key, &SigningKeyRecord::aad(&record.kid)).map_err(
-                |e| match (e, KeyRing::key_id_of(&record.private_key)) {
+            let pkcs8 = keyring.decrypt(&record.private_key, &SigningKeyRecord::aad(&record.kid)).map_err(|e| {
+                match (e, KeyRing::key_id_of(&record.private_key)) {
                     // The ring has a key of that id, but not the one that encrypted it (one made
                     // anew under the same id, say).
                     (DecryptError::Unauthentic, Some(id)) => format!(
-                        "the private key does not decrypt: it was encrypted with ring key {id:?}, and this ring's key \
-                         {id:?} is another"
+                        "the private key does not decrypt: it was encrypted with ring key {id:?}, and does not \
+                         authenticate with this ring's key {id:?} (that key was made anew, or the row was changed)"
                     ),
                     (e, _) => format!("the private key does not decrypt: {e}"),
-                },
-            )?;
+                }
+            })?;
             encoding_key(record.alg, &pkcs8).ok_or_else(|| "the private key is not a PKCS#8 key".to_owned())
         });
         if let Some(Err(reason)) = &encoding {

@@ -476,9 +476,11 @@ impl OpenIdProvider {
             RotateOutcome::Rotated => {
                 // The app is in use: so is the browser session its grant is bound to, which
                 // would otherwise go idle (and end the grant) while the person works in the app
-                // without visiting Tessera. Noted off the request's path, as any session use.
+                // without visiting Tessera. Written off the request's path, as any session use,
+                // but at once: the refresh may come at the idle limit (the grant's next refresh,
+                // on another instance, must not find the session idle), and refreshes are rare.
                 if let (Some(session), Some(last_seen)) = (grant.session_hash, &self.last_seen) {
-                    last_seen.session(session, now);
+                    last_seen.session_now(session, now);
                 }
                 Ok(response)
             }
