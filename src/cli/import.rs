@@ -845,7 +845,7 @@ fn output_target(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> 
                 if hops > MAX_HOPS {
                     return Err(std::io::Error::other("the output is a chain of too many links"));
                 }
-                may_follow(&candidate, &link)?;
+                may_follow(&resolved, &link)?;
                 push_all(&mut pending, &std::fs::read_link(&candidate)?);
             }
             // A directory, the file, or nothing yet (the file to create).
@@ -858,20 +858,15 @@ fn output_target(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> 
     Ok(resolved)
 }
 
-/// The directory `path` is in (`.` for a bare name).
-fn parent_of(path: &std::path::Path) -> &std::path::Path {
-    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."))
-}
-
-/// Refuses to follow `link` (at `path`) where another user made it in a directory others may
-/// write to (as `/tmp` is), which the kernel would not follow either (`fs.protected_symlinks`,
+/// Refuses to follow `link` (in the directory `dir`, a real path) where another user made it in
+/// a directory others may write to (as `/tmp` is), which the kernel would not follow either (`fs.protected_symlinks`,
 /// which not every machine turns on): it would let them choose which of root's files an export
 /// replaces.
-fn may_follow(path: &std::path::Path, link: &std::fs::Metadata) -> std::io::Result<()> {
+fn may_follow(dir: &std::path::Path, link: &std::fs::Metadata) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let dir = std::fs::metadata(parent_of(path))?;
+        let dir = std::fs::metadata(dir)?;
         // Sticky and writable by others: a shared directory.
         let shared = dir.mode() & 0o1002 == 0o1002;
         let ours = link.uid() == rustix::process::geteuid().as_raw() || link.uid() == dir.uid();
@@ -882,7 +877,7 @@ fn may_follow(path: &std::path::Path, link: &std::fs::Metadata) -> std::io::Resu
         }
     }
     #[cfg(not(unix))]
-    let _ = (path, link);
+    let _ = (dir, link);
     Ok(())
 }
 

@@ -397,7 +397,7 @@ enum Ask {
     /// Confirm: the page's title, what will end (in plain words), and its button's label.
     Confirm { title: String, paragraphs: Vec<String>, button: String },
     /// Nothing is left to take away (removed meanwhile, in another tab): back to the account
-    /// page's notice at this address, as the action itself would answer.
+    /// page's notice at this address, which says it was gone already.
     Gone(&'static str),
 }
 

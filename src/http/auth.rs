@@ -253,9 +253,7 @@ pub(super) fn already_signed_in(
     // that request is answered (declined) rather than left waiting — a change, so a form.
     let keeps = return_to.as_deref().filter(|to| state.op.as_ref().is_some_and(|op| op.resumes_a_request(to)));
     if let (Some(return_to), Ok(Some(session))) = (keeps, cookie(headers, state.cookies.session())) {
-        let fields =
-            vec![(csrf::FIELD.to_owned(), csrf::token(session)), ("return_to".to_owned(), return_to.to_owned())];
-        let go_on = GoOn::Post { href: KEEP_SESSION_PATH, fields };
+        let go_on = GoOn::Post { href: KEEP_SESSION_PATH, fields: decline_fields(session, return_to) };
         return account_choice(state, live, title, (provider.as_deref(), fresh), go_on, Some(return_to));
     }
     account_choice(state, live, title, (provider.as_deref(), fresh), GoOn::Link(&go_on), return_to.as_deref())
@@ -272,6 +270,12 @@ pub(super) enum GoOn<'a> {
         /// Its fields.
         fields: Vec<(String, String)>,
     },
+}
+
+/// The fields of the form that declines, for the browser with the session cookie `session`, the
+/// app's request `return_to` resumes: what [`keep_session`] reads.
+pub(super) fn decline_fields(session: &str, return_to: &str) -> Vec<(String, String)> {
+    vec![(csrf::FIELD.to_owned(), csrf::token(session)), ("return_to".to_owned(), return_to.to_owned())]
 }
 
 /// The path of [`keep_session`] (its route names it too).

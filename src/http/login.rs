@@ -204,7 +204,7 @@ async fn going_on(state: &AppState, live: &LiveSession, session: &str, return_to
     if let Ok(true) = op.goes_on_as(request, &super::op::authorize::view(live, session)).await {
         return SignedIn { who, href: request.to_owned(), fields: Vec::new() };
     }
-    let fields = vec![(csrf::FIELD.to_owned(), csrf::token(session)), ("return_to".to_owned(), request.to_owned())];
+    let fields = super::auth::decline_fields(session, request);
     SignedIn { who, href: super::auth::KEEP_SESSION_PATH.to_owned(), fields }
 }
 
@@ -231,13 +231,6 @@ async fn show_login(
         Ok(fresh) => fresh,
         Err(error) => return state.pages.error(&headers, error),
     };
-    if query.email.as_deref().is_some_and(|email| !email.trim().is_empty()) {
-        return discover(&state, &headers, (query.return_to.as_deref(), fresh), query.email.as_deref()).await;
-    }
-    let return_to = match checked_return_to(&state, query.return_to.as_deref()) {
-        Ok(checked) => checked,
-        Err(error) => return state.pages.error(&headers, error),
-    };
     let notice = match query.done.as_deref() {
         Some("unlinked") => Notice::SignedOut(
             "The sign-in method you had signed in with was removed, so you are signed out here. Sign in with \
@@ -248,7 +241,7 @@ async fn show_login(
         }
         _ => Notice::None,
     };
-    chooser(&state, &headers, (return_to.as_deref(), fresh), "", notice).await
+    discover(&state, &headers, (query.return_to.as_deref(), fresh), query.email.as_deref(), notice).await
 }
 
 /// `return_to` as the sign-in flow would take it (absent when empty).
@@ -280,7 +273,7 @@ async fn submit_login(State(state): State<Arc<AppState>>, headers: HeaderMap, Pa
         Ok(fresh) => fresh,
         Err(error) => return state.pages.error(&headers, error),
     };
-    discover(&state, &headers, (return_to, fresh), email).await
+    discover(&state, &headers, (return_to, fresh), email, Notice::None).await
 }
 
 /// A form field's value: none, or the one sent; `Err` when it was sent more than once.
@@ -292,19 +285,21 @@ fn one<'a>(fields: &'a [(String, String)], name: &str) -> Result<Option<&'a str>
     }
 }
 
-/// Home-realm discovery: the chooser, or straight to the provider the email's team signs in with.
+/// Home-realm discovery: the chooser (with `notice`, when no email was given), or straight to the
+/// provider the email's team signs in with.
 async fn discover(
     state: &AppState,
     headers: &HeaderMap,
     (return_to, fresh): (Option<&str>, bool),
     email: Option<&str>,
+    notice: Notice,
 ) -> Response {
     let return_to = match checked_return_to(state, return_to) {
         Ok(checked) => checked,
         Err(error) => return state.pages.error(headers, error),
     };
     let Some(email_text) = email.map(str::trim).filter(|e| !e.is_empty()) else {
-        return chooser(state, headers, (return_to.as_deref(), fresh), "", Notice::None).await;
+        return chooser(state, headers, (return_to.as_deref(), fresh), "", notice).await;
     };
     let Ok(email) = Email::parse(email_text) else {
         let notice = "Enter an email address like name@example.com.".to_owned();

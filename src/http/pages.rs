@@ -467,23 +467,27 @@ pub fn refused(state: &AppState, headers: &HeaderMap, error: ApiError) -> Respon
 
 /// `/login`, coming back to `return_to` after the sign-in.
 pub fn login_url(return_to: Option<&str>) -> String {
-    match return_to {
-        Some(to) => {
-            format!(
-                "/login?{}",
-                url::form_urlencoded::Serializer::new(String::new()).append_pair("return_to", to).finish()
-            )
-        }
-        None => "/login".to_owned(),
-    }
+    chooser_url(return_to, false)
 }
 
 /// [`login_url`] that asks the provider chosen for a fresh login (`prompt=login`): the way to
 /// sign in as another person, where the provider's own session would pick the same one again.
 pub fn fresh_login_url(return_to: Option<&str>) -> String {
-    let url = login_url(return_to);
-    let joined = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{joined}{}={}", FRESH_LOGIN.0, FRESH_LOGIN.1)
+    chooser_url(return_to, true)
+}
+
+fn chooser_url(return_to: Option<&str>, fresh: bool) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(to) = return_to {
+        query.append_pair("return_to", to);
+    }
+    if fresh {
+        query.append_pair(FRESH_LOGIN.0, FRESH_LOGIN.1);
+    }
+    match query.finish() {
+        query if query.is_empty() => "/login".to_owned(),
+        query => format!("/login?{query}"),
+    }
 }
 
 /// The parameter of the chooser and of `/auth/login` that asks the provider for a fresh login.

@@ -3273,7 +3273,7 @@ fn hrefs(page: &str) -> Vec<String> {
 }
 
 /// The request id of a consent page's form.
-fn request_id_of(page: &str) -> String {
+pub(crate) fn request_id_of(page: &str) -> String {
     let field = "name=\"request_id\" value=\"";
     page.split(field).nth(1).expect("the consent page").split('"').next().unwrap().to_owned()
 }

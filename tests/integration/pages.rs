@@ -145,13 +145,13 @@ pub async fn confirmed(browser: &mut Browser, url: &str, fields: &[(&str, &str)]
     browser.form(url, &hidden).await
 }
 
-/// The CSRF token of a page's forms.
 /// The `return_to` of a local URL.
 fn return_to_of(url: &str) -> String {
     let query = url.split_once('?').expect("a query").1;
     url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "return_to").expect("a return_to").1.into_owned()
 }
 
+/// The CSRF token of a page's forms.
 pub fn csrf_of(page: &str) -> String {
     page.split("name=\"csrf\" value=\"").nth(1).expect("a CSRF field").split('"').next().unwrap().to_owned()
 }
@@ -589,16 +589,15 @@ async fn the_chooser_tells_a_signed_in_browser_who_it_is(backend: Backend) {
     // on cannot give, is declined by a form instead: the app is told, not left waiting.
     let partner = json!({"name": "Partner", "kind": "confidential", "redirect_uris": ["https://app.example.com/cb"],
                          "first_party": false});
-    let partner = w.app.admin(Method::POST, "/admin/clients").json(&partner).send().await.unwrap();
-    let client = body(partner, 201).await["client_id"].as_str().unwrap().to_owned();
+    let (client, _) = crate::op_flow::register(&w.app, partner).await;
     let authorize = w.app.url(&format!(
         "/oauth/authorize?response_type=code&client_id={client}&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb\
          &scope=openid&state=s1&nonce=n1&code_challenge={}&code_challenge_method=S256",
         "c".repeat(43)
     ));
     let consent = html(browser.navigate(&authorize).await, StatusCode::OK).await;
-    let request_id = consent.split("name=\"request_id\" value=\"").nth(1).unwrap().split('"').next().unwrap();
-    let fields = [("request_id", request_id), ("decision", "another_account")];
+    let request_id = crate::op_flow::request_id_of(&consent);
+    let fields = [("request_id", request_id.as_str()), ("decision", "another_account")];
     let resume = location(&browser.form(&w.app.url("/oauth/consent"), &fields).await);
     let chooser = location(&browser.request_from("same-origin", Method::GET, &w.app.url(&resume)).await);
     assert!(chooser.starts_with("/login?return_to=%2Foauth%2Fauthorize"), "several providers: {chooser}");

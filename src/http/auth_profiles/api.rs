@@ -139,10 +139,10 @@ pub(crate) fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiErro
     // OAuth kinds name the provider that connects them; for the others it is only a label, the
     // connector's key unless given.
     // Blank is absent where it is optional.
-    let provider_given = request.provider.as_deref().is_some_and(|p| !p.trim().is_empty());
-    let provider = match (provider_given, kind.is_oauth()) {
-        (false, false) => connector_key.clone(),
-        _ => key_like(required(&request.provider, "provider")?, "provider", ErrorCode::InvalidProvider)?,
+    let provider = match required(&request.provider, "provider") {
+        Ok(provider) => key_like(provider, "provider", ErrorCode::InvalidProvider)?,
+        Err(_) if !kind.is_oauth() => connector_key.clone(),
+        Err(error) => return Err(error),
     };
     if request.storage_state.is_none() && (request.browser_kind.is_some() || request.cdp_url.is_some()) {
         return Err(ApiError::new(

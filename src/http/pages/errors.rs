@@ -23,15 +23,17 @@ pub struct Context {
 /// The page for an error.
 pub fn message_for(error: &Described, context: &Context) -> Message {
     use ErrorCode::*;
+    // Signing in again ("Try again" after a sign-in failed) goes back to where it was going; as
+    // someone else, with a fresh login at the provider.
     let sign_in = login_url(context.return_to.as_deref());
-    let try_again = login_url(context.return_to.as_deref());
+    let fresh = super::fresh_login_url(context.return_to.as_deref());
     // After a failure on our side, a signed-in browser tries the page again, not a new sign-in
     // (which would replace its session).
     let retry = match (&context.retry, context.signed_in, context.return_to.as_deref()) {
         (Some(again), _, _) => again.clone(),
         (None, true, Some(page)) => page.to_owned(),
         (None, true, None) => "/account".to_owned(),
-        (None, false, _) => try_again.clone(),
+        (None, false, _) => sign_in.clone(),
     };
     let (title, text, actions): (&str, String, Vec<(&str, String)>) = match error.code {
         LinkRequired => {
@@ -66,12 +68,12 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
             "The sign-in took too long, was already completed, or was started in another browser or tab. \
              Start again from here."
                 .into(),
-            vec![("Try again", try_again)],
+            vec![("Try again", sign_in.clone())],
         ),
         // An account or sign-in method removed while its sign-in was under way: the way on is a
         // new sign-in, back to where the browser was going (an app's request, say).
         IdentityNotFound | UserNotFound if !context.signed_in && context.return_to.is_some() => {
-            ("Your sign-in did not finish", sentence(&error.detail), vec![("Try again", try_again)])
+            ("Your sign-in did not finish", sentence(&error.detail), vec![("Try again", sign_in.clone())])
         }
         SignInAgain => (
             "Please sign in again",
@@ -87,12 +89,12 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
             "A fresh sign-in was asked for, but the sign-in provider let you through on your earlier \
              sign-in. Sign in again; if your provider offers to sign you out first, do so."
                 .into(),
-            vec![("Try again", super::fresh_login_url(context.return_to.as_deref()))],
+            vec![("Try again", fresh.clone())],
         ),
         ProviderDenied => (
             "Sign-in was cancelled",
             format!("The sign-in was cancelled at the provider{}", still_or_not(context)),
-            vec![("Try again", try_again)],
+            vec![("Try again", sign_in.clone())],
         ),
         ProviderRefused => (
             "The sign-in provider refused this sign-in",
@@ -101,19 +103,19 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
                  tell whoever runs this site: the provider's setup for it may need a change.",
                 still_or_not(context)
             ),
-            vec![("Try again", try_again)],
+            vec![("Try again", sign_in.clone())],
         ),
         ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken => (
             "We could not confirm who you are",
             format!("The answer from the sign-in provider could not be verified{}", still_or_not(context)),
-            vec![("Try again", try_again)],
+            vec![("Try again", sign_in.clone())],
         ),
         ProviderUnavailable | IssuerUnavailable => (
             "The sign-in provider is not responding",
             "We could not reach the sign-in provider, or it did not answer as expected. Try again in a moment; if \
              it keeps happening, tell whoever runs this site."
                 .into(),
-            vec![("Try again", try_again)],
+            vec![("Try again", sign_in.clone())],
         ),
         // A signed-in browser (a stale link to link another sign-in method, say) is offered its
         // account, where the link buttons are: a sign-in from the chooser would replace its
@@ -143,10 +145,7 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
              right person, then the link will work."
                 .into(),
             // A fresh login at the provider: its own session would sign the same person in again.
-            vec![
-                ("Sign in as the right person", super::fresh_login_url(context.return_to.as_deref())),
-                ("Go to your account", "/account".into()),
-            ],
+            vec![("Sign in as the right person", fresh.clone()), ("Go to your account", "/account".into())],
         ),
         InvalidConnectLink => (
             "This link was already used or has expired",
@@ -178,7 +177,7 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         UserDisabled => (
             "Your account is disabled",
             "An administrator has disabled this account. Contact support if you think this is a mistake.".into(),
-            vec![("Sign in with another account", super::fresh_login_url(context.return_to.as_deref()))],
+            vec![("Sign in with another account", fresh.clone())],
         ),
         CsrfFailed => (
             "That form has expired",

@@ -156,6 +156,15 @@ pub struct SessionView {
     pub browser_key: [u8; 32],
 }
 
+impl SessionView {
+    /// Whether the session's sign-in proved an authentication at or after `after` (always, when
+    /// none is asked for): measured against the authentication the sign-in proved, not the
+    /// session's start, so a provider that did not say when the user authenticated proves none.
+    fn authenticated_since(&self, after: Option<DateTime<Utc>>) -> bool {
+        after.is_none_or(|after| self.authenticated_at.is_some_and(|at| at >= after))
+    }
+}
+
 crate::debug_redacted!(SessionView {
     shown: [user, auth_time, authenticated_at, identity, provider],
     secret: [hash, browser_key],
@@ -460,21 +469,15 @@ impl OpenIdProvider {
             // a hint of someone else.
             Decision::AnotherAccount => {
                 let params = AuthorizationParams { login_hint: None, ..request.params.clone() };
-                let request = AuthorizationRequest {
-                    hinted_user: None,
-                    login_hint: None,
-                    auth_after: Some(request.auth_after.map_or(now, |after| after.max(now))),
-                    params,
-                    ..request
-                };
+                let request = AuthorizationRequest { params, ..request };
                 // The request is used up: a failure to hold it again is told to the app, as any
                 // failure after validation, not left for it to wait on.
                 let back = (request.redirect_uri.clone(), request.state.clone());
-                let uri = self
-                    .hold(&request, None, false, None, now)
+                let (continue_to, _) = self
+                    .hold_for_another_sign_in(request, None, now)
                     .await
                     .map_err(|error| failure_to_client(AuthorizeError::Store(error), back))?;
-                return Ok(continue_url(request.client.id.as_str(), &uri));
+                return Ok(continue_to);
             }
         }
         let back = (request.redirect_uri.clone(), request.state.clone());
@@ -547,7 +550,7 @@ impl OpenIdProvider {
     }
 
     async fn validate(&self, held: &Held, now: DateTime<Utc>) -> Result<AuthorizationRequest, AuthorizeError> {
-        let Held { params, auth_after_us, hinted_user, .. } = held;
+        let Held { params, hinted_user, .. } = held;
         let too_long =
             |values: &[&Option<String>]| values.iter().any(|v| v.as_ref().is_some_and(|v| v.len() > MAX_PARAM_LEN));
         const TOO_LONG: &str = "a parameter is longer than 2048 characters";
@@ -704,28 +707,15 @@ impl OpenIdProvider {
                 }
             },
         };
-        let max_age = match params.max_age.as_deref() {
-            None => None,
-            Some(v) => match v.parse::<u32>() {
-                Ok(seconds) => Some(i64::from(seconds)),
-                Err(_) => return Err(fail("invalid_request", "max_age must be a number of seconds")),
-            },
-        };
+        if params.max_age.as_deref().is_some_and(|v| v.parse::<u32>().is_err()) {
+            return Err(fail("invalid_request", "max_age must be a number of seconds"));
+        }
         if let Some(resource) = params.resource.as_deref()
             && !client.resources.iter().any(|r| r == resource)
         {
             return Err(fail("invalid_target", "resource is not one of the client's registered resources"));
         }
-        // In microseconds: an authentication in the same second as a `prompt=login` request, but
-        // before it, is not a fresh one.
-        let mut after = *auth_after_us;
-        let mut raise = |t: i64| after = Some(after.map_or(t, |a| a.max(t)));
-        if let Some(max_age) = max_age {
-            raise(now.timestamp_micros() - max_age * 1_000_000);
-        }
-        if prompts.iter().any(|p| p == "login") {
-            raise(now.timestamp_micros());
-        }
+        let after = auth_after(held, now);
         Ok(AuthorizationRequest {
             client,
             redirect_uri,
@@ -759,9 +749,7 @@ impl OpenIdProvider {
         // session begun by a sign-in the provider answered from its own session (opened at
         // `/auth/login` directly, say, rather than by this request's fresh login) is no fresh
         // authentication, nor one whose provider did not say when the user authenticated.
-        let fresh =
-            |s: &SessionView| request.auth_after.is_none_or(|after| s.authenticated_at.is_some_and(|at| at >= after));
-        let Some(session) = session.filter(|s| fresh(s)) else {
+        let Some(session) = session.filter(|s| s.authenticated_since(request.auth_after)) else {
             if request.prompt_none {
                 return Err(request.reject("login_required", "the user is not signed in"));
             }
@@ -785,12 +773,8 @@ impl OpenIdProvider {
             // in by this request. A fresh sign-in, after which the request goes on for whoever
             // signed in: the hint is dropped from the held request (the client compares `sub`),
             // so that a user who picks another account is not sent round again.
-            let mut request = request;
-            request.hinted_user = None;
-            request.auth_after = Some(request.auth_after.map_or(now, |after| after.max(now)));
-            let uri = self.hold(&request, None, false, continued_as, now).await?;
-            let continue_to = continue_url(request.client.id.as_str(), &uri);
-            return Ok(Next::SignIn { continue_to, login_hint: request.login_hint.clone(), reauthenticate: true });
+            let (continue_to, login_hint) = self.hold_for_another_sign_in(request, continued_as, now).await?;
+            return Ok(Next::SignIn { continue_to, login_hint, reauthenticate: true });
         }
         // OpenID Connect Core 3.1.2.1: the user chooses — go on as who is signed in, or sign in
         // with another account — and the request, held without the prompt, goes on either way.
@@ -827,6 +811,22 @@ impl OpenIdProvider {
             }
         }
         Ok(Next::Redirect(self.issue_code(&request, session, now).await?))
+    }
+
+    /// Holds `request` for a fresh sign-in, after which it goes on for whoever signed in: its hint
+    /// of a user is dropped (the client compares `sub`, and one who picks another account is not
+    /// sent round again), and it asks for an authentication from now on. Returns where the sign-in
+    /// comes back to, and the request's `login_hint`.
+    async fn hold_for_another_sign_in(
+        &self,
+        request: AuthorizationRequest,
+        continued_as: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(String, Option<String>), StoreError> {
+        let auth_after = Some(request.auth_after.map_or(now, |after| after.max(now)));
+        let request = AuthorizationRequest { hinted_user: None, auth_after, ..request };
+        let uri = self.hold(&request, None, false, continued_as, now).await?;
+        Ok((continue_url(request.client.id.as_str(), &uri), request.login_hint))
     }
 
     /// Holds a validated request, under `id` or a new random one; returns that request URI (or,
@@ -998,8 +998,7 @@ impl OpenIdProvider {
     pub async fn goes_on_as(&self, return_to: &str, session: &SessionView) -> Result<bool, StoreError> {
         let now = crate::domain::now();
         let Some(held) = self.held_for(return_to, now).await? else { return Ok(false) };
-        let fresh = auth_after(&held, now)
-            .is_none_or(|after| session.authenticated_at.is_some_and(|at| at.timestamp_micros() >= after));
+        let fresh = session.authenticated_since(auth_after(&held, now).and_then(DateTime::from_timestamp_micros));
         let hinted = held.hinted_user.as_deref().is_none_or(|user| user == session.user.to_string());
         Ok(fresh && hinted && !held.account_choice)
     }
@@ -1075,9 +1074,10 @@ fn without_foreign_request_uri(params: AuthorizationParams) -> AuthorizationPara
     }
 }
 
-/// The authentication a held request asks for, at or after (unix microseconds): as decided, or,
-/// for a request held as sent, its `prompt=login` and `max_age` as [`OpenIdProvider::validate`]
-/// will read them.
+/// The authentication a held request asks for, at or after (unix microseconds: an authentication
+/// in the same second as a `prompt=login` request, but before it, is not a fresh one): as
+/// decided, raised by its `prompt=login` and its `max_age` (a request held as sent has them; one
+/// that does not parse is refused by [`OpenIdProvider::validate`]).
 fn auth_after(held: &Held, now: DateTime<Utc>) -> Option<i64> {
     let prompted = split_scope(held.params.prompt.as_deref().unwrap_or("")).iter().any(|p| p == "login");
     let max_age = held.params.max_age.as_deref().and_then(|v| v.parse::<u32>().ok());
