@@ -283,6 +283,27 @@ impl Sessions {
         Ok(ended)
     }
 
+    /// Ends the sessions of `user` that began in the second `auth_time` (an id token's, which
+    /// names the session it was issued in: its start); returns how many ended. Grants made from
+    /// them end with them.
+    pub async fn revoke_begun(&self, user: UserId, auth_time: i64, reason: SessionEnd) -> Result<u64, StoreError> {
+        let Some(from) = DateTime::<Utc>::from_timestamp(auth_time, 0) else {
+            return Ok(0);
+        };
+        let store = self.store.clone();
+        let until = from + TimeDelta::seconds(1);
+        change_to_end(
+            &self.cache,
+            async move { store.delete_sessions_begun(user, from, until, reason).await },
+            move |cache, done| {
+                if done.map_or(true, |ended| *ended > 0) {
+                    cache.invalidate_user(user);
+                }
+            },
+        )
+        .await
+    }
+
     /// Deletes expired sessions and sign-in states (idle sessions once unused for the idle
     /// timeout plus two of the last-use worker's intervals).
     pub async fn delete_expired(&self) -> Result<u64, StoreError> {

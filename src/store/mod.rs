@@ -1516,6 +1516,17 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Deletes every session of `user` but the one whose hash is `keep`; returns how many, or
     /// `None` (and deletes nothing) when `keep` is no longer a session of `user`.
     async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<Option<u64>, StoreError>;
+
+    /// Deletes the sessions of `user` that began in `[from, until)` (the session an id token
+    /// names by its `auth_time`), writing a `session.revoked` event with `reason` when any
+    /// ended; returns how many.
+    async fn delete_sessions_begun(
+        &self,
+        user: UserId,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        reason: SessionEnd,
+    ) -> Result<u64, StoreError>;
     // ---- Webhooks ------------------------------------------------------------------------------
 
     /// Registers a webhook endpoint; one with the `config_name` of another is not inserted (a

@@ -3997,6 +3997,31 @@ impl Store for SqlStore {
         retrying_conflicts(|| self.delete_other_sessions_once(user, keep)).await
     }
 
+    async fn delete_sessions_begun(
+        &self,
+        user: UserId,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        reason: SessionEnd,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let ended = query("DELETE FROM sessions WHERE user_id = $1 AND created_at >= $2 AND created_at < $3")
+            .bind(user.as_uuid())
+            .bind(from)
+            .bind(until)
+            .execute(&mut tx)
+            .await?;
+        if ended == 0 {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let now = crate::domain::now();
+        insert_session_event(&mut tx, user, reason, ended, now).await?;
+        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+        tx.commit().await?;
+        Ok(ended)
+    }
+
     async fn record_attempt(
         &self,
         endpoint: &WebhookEndpoint,

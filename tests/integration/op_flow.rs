@@ -57,6 +57,7 @@ on_both_backends!(
     a_pushed_request_used_at_once_on_two_instances_issues_one_code,
     forward_auth_answers_for_sessions_and_tokens,
     logout_ends_the_session_and_its_grants,
+    an_apps_server_ends_the_session_its_id_token_names,
     a_grant_ends_when_its_session_goes_idle_not_at_the_sweep,
     an_offline_grant_outlives_the_browser_session,
     offline_access_is_ignored_from_a_client_that_may_not_refresh,
@@ -2546,7 +2547,8 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     assert!(refused.text().await.unwrap().contains("state is longer than 2048 characters"));
     let fields = [("id_token_hint", id_token), ("post_logout_redirect_uri", POST_LOGOUT), ("state", "s p")];
-    let cross = plain.post(w.app.url("/oauth/logout")).header("sec-fetch-site", "cross-site").form(&fields);
+    let cross = plain.post(w.app.url("/oauth/logout")).header("sec-fetch-site", "cross-site");
+    let cross = cross.header("accept", "text/html").form(&fields);
     let cross = cross.send().await.unwrap();
     assert_eq!(cross.status(), StatusCode::OK);
     assert!(cross.headers().get("location").is_none());
@@ -2562,15 +2564,18 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     }
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
     // The mark is the page's own: another site's form that carries it gets the page too.
-    let forged = [fields.as_slice(), &[("resumed", "1")]].concat();
-    let forged = plain.post(w.app.url("/oauth/logout")).header("sec-fetch-site", "cross-site").form(&forged);
+    let marked = [fields.as_slice(), &[("resumed", "1")]].concat();
+    let forged = plain.post(w.app.url("/oauth/logout")).header("sec-fetch-site", "cross-site");
+    let forged = forged.header("accept", "text/html").form(&marked);
     let forged = forged.send().await.unwrap();
     assert_eq!(forged.status(), StatusCode::OK, "not answered as a signed-out browser");
     assert!(forged.headers().get("location").is_none());
-    // Its post from a browser without a session goes on (not the same page again): there is
-    // nothing to end, and it returns to the app.
+    // Its post from a browser without a session goes on (not the same page again): without a
+    // hint there is nothing to end, and it returns to the app (with one, see
+    // `an_apps_server_ends_the_session_its_id_token_names`).
     let mut elsewhere = Browser::new();
-    let resumed = [fields.as_slice(), &[("resumed", "1")]].concat();
+    let resumed =
+        [("client_id", client.as_str()), ("post_logout_redirect_uri", POST_LOGOUT), ("state", "s p"), ("resumed", "1")];
     let gone_on = elsewhere.form(&w.app.url("/oauth/logout"), &resumed).await;
     assert_eq!(location(&gone_on), format!("{POST_LOGOUT}?state=s+p"));
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
@@ -2654,6 +2659,62 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     let refresh = tokens["refresh_token"].as_str().unwrap();
     let refused = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
     assert_eq!(oauth_error(refused, 400).await, "invalid_grant");
+}
+
+/// An app's server that calls the logout endpoint with the id token (oauth2-proxy's
+/// `--backend-logout-url`, written for Keycloak) sends no session cookie: the session the id
+/// token was issued in ends — that one only, once however many calls come at once.
+async fn an_apps_server_ends_the_session_its_id_token_names(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let tokens_of = async |browser: &mut Browser| {
+        let (verifier, challenge) = pkce();
+        let code = code_for(&w, browser, &client, &challenge).await;
+        body(exchange(&w.app, creds, &code, &verifier).await, 200).await
+    };
+    let mut first = Browser::new();
+    let first_tokens = tokens_of(&mut first).await;
+    // The same user's session in another browser, begun a second or more later.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut second = Browser::new();
+    let second_tokens = tokens_of(&mut second).await;
+    let id_token = |tokens: &Value| tokens["id_token"].as_str().unwrap().to_owned();
+    let access = |tokens: &Value| tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(jwt_parts(&id_token(&first_tokens)).1["sub"], jwt_parts(&id_token(&second_tokens)).1["sub"]);
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("sessions").await, 2);
+    let revoked = "outbox_events WHERE topic = 'session.revoked'";
+    // A hint Tessera cannot verify (its key no longer published) names nobody: nothing ends.
+    let url = |hint: &str| w.app.url(&format!("/oauth/logout?id_token_hint={hint}"));
+    let unverifiable = w.app.client.get(url(&with_unpublished_kid(&id_token(&first_tokens)))).send().await.unwrap();
+    assert_eq!(unverifiable.status(), StatusCode::OK);
+    assert_eq!(sql.count("sessions").await, 2);
+    // The first browser's id token, sent by a server eight times at once: one session ends.
+    let calls: Vec<_> = (0..8).map(|_| w.app.client.get(url(&id_token(&first_tokens)))).collect();
+    for response in send_at_once(&calls).await {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get_all("set-cookie").iter().next().is_none(), "no cookie came, none cleared");
+    }
+    assert_eq!(sql.count(revoked).await, 1, "one session ended once");
+    assert_eq!(sql.count("sessions").await, 1);
+    assert_eq!(introspect(&w.app, creds, &access(&first_tokens)).await, json!({"active": false}));
+    assert_eq!(first.me(&w.app).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(introspect(&w.app, creds, &access(&second_tokens)).await["active"], true);
+    assert_eq!(second.me(&w.app).await.status(), StatusCode::OK);
+    // A server's post (no page wanted) goes on too, back to the app: the second session ends.
+    let fields = [
+        ("id_token_hint", id_token(&second_tokens)),
+        ("post_logout_redirect_uri", POST_LOGOUT.to_owned()),
+        ("state", "bye".to_owned()),
+    ];
+    let plain = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let posted = plain.post(w.app.url("/oauth/logout")).form(&fields).send().await.unwrap();
+    assert_eq!(posted.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&posted), format!("{POST_LOGOUT}?state=bye"));
+    assert_eq!(sql.count("sessions").await, 0);
+    assert_eq!(second.me(&w.app).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(sql.count(revoked).await, 2);
 }
 
 /// A grant bound to a browser session ends when the session goes idle, as the session itself

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use secrecy::ExposeSecret;
 
 use super::token::{authorization_params, form_pairs};
-use crate::domain::Email;
+use crate::domain::{Email, UserId};
 use crate::error::{ErrorCode, PublicError};
 use crate::http::AppState;
 use crate::http::auth::{login_cookie, redirect};
@@ -564,8 +564,11 @@ async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, Pag
         // which carries the cookie, and the same rules apply there. Not a redirect to a `GET`:
         // that would put the `id_token_hint` (the user's claims) in the URL, the browser's
         // history and the proxies' logs. Its own post, cookie or not, goes on.
+        // An app's server posting (no page wanted) goes on: a hint of its ends the session
+        // it names.
         Ok(pairs)
             if matches!(cookie(&headers, state.cookies.session()), Ok(None))
+                && pages::wants_html(&headers)
                 && !resumed_here(&state, &headers, &pairs) =>
         {
             let fields: Vec<(&str, &str)> =
@@ -591,7 +594,8 @@ fn resumed_here(state: &AppState, headers: &HeaderMap, pairs: &[(String, String)
 ///
 /// It ends the session at once only with an `id_token_hint` of the signed-in user: any other
 /// page could send a browser to this URL. Otherwise the user confirms on a page whose form posts
-/// the request back with the session's CSRF token.
+/// the request back with the session's CSRF token. A request that comes with no session (an
+/// app's server) ends the session its verified hint was issued in.
 async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>, posted: bool) -> Response {
     let Some(op) = state.op.as_ref() else {
         return provider_off(state, headers);
@@ -673,6 +677,11 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         Ok(live) => live,
         Err(response) => return response,
     };
+    // Without a session in the request (an app's server calling, as oauth2-proxy's
+    // `--backend-logout-url` does, or a browser signed out here already), a verified hint
+    // names the session to end: the one it was issued in (its user, begun at its `auth_time`).
+    // Only the app, which holds the id token, can send it.
+    let hinted_elsewhere = if live.is_none() { hinted.take() } else { None };
     if let Some((live, session_cookie)) = live {
         // Only an id token of this very session (its user, signed in when it began) signs out
         // unasked: any older one of the user's — from logs, storage or an app long gone —
@@ -698,6 +707,12 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         && let Err(e) = state.sessions.revoke(session, SessionEnd::SignedOut).await
     {
         return failed(state, headers, e, "ending a session", again);
+    }
+    if let Some(hint) = hinted_elsewhere
+        && let (Ok(user), Some(auth_time)) = (hint.sub.parse::<uuid::Uuid>(), hint.auth_time)
+        && let Err(e) = state.sessions.revoke_begun(UserId::from_uuid(user), auth_time, SessionEnd::SignedOut).await
+    {
+        return failed(state, headers, e, "ending the session an id_token_hint names", again);
     }
     match target {
         Some(uri) => {
