@@ -344,9 +344,16 @@ impl Client {
         self.grant_types.contains(&grant)
     }
 
-    /// Whether it registered `resource` (RFC 8707).
+    /// Whether it registered `resource` (RFC 8707), spelled as registered or not (see
+    /// [`same_resource`]).
     pub fn has_resource(&self, resource: &str) -> bool {
-        self.resources.iter().any(|r| r == resource)
+        self.registered_resource(resource).is_some()
+    }
+
+    /// The registered resource `asked` names, spelled as registered: what a token's `aud` says,
+    /// however the client spelled it.
+    pub fn registered_resource(&self, asked: &str) -> Option<&str> {
+        self.resources.iter().find(|r| same_resource(r, asked)).map(String::as_str)
     }
 
     /// Whether a token whose `aud` is `aud` was issued for it: its id, or one of its resources.
@@ -360,9 +367,40 @@ impl Client {
     }
 }
 
+/// Whether two resource URIs name the same resource: equal, or equal once normalised as RFC 3986
+/// sections 6.2.2 and 6.2.3 say (and WHATWG URLs serialise): scheme and host in lower case, no
+/// default port, an empty path as `/`. The official MCP SDKs send `https://mcp.example.com/`
+/// (a URL's `href`) for a server whose metadata, and registration, say `https://mcp.example.com`.
+pub fn same_resource(a: &str, b: &str) -> bool {
+    a == b || matches!((url::Url::parse(a), url::Url::parse(b)), (Ok(a), Ok(b)) if a == b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resource_matches_however_its_url_is_spelled() {
+        for (registered, asked) in [
+            ("https://mcp.example.com", "https://mcp.example.com/"),
+            ("https://mcp.example.com/", "https://mcp.example.com"),
+            ("https://mcp.example.com/mcp", "HTTPS://Mcp.Example.COM:443/mcp"),
+            ("http://localhost:8080", "http://LOCALHOST:8080/"),
+            ("urn:example:api", "urn:example:api"),
+        ] {
+            assert!(same_resource(registered, asked), "{registered} / {asked}");
+        }
+        for (registered, asked) in [
+            ("https://mcp.example.com/mcp", "https://mcp.example.com/mcp/"),
+            ("https://mcp.example.com/MCP", "https://mcp.example.com/mcp"),
+            ("https://mcp.example.com", "https://mcp.example.com:8443/"),
+            ("https://mcp.example.com", "http://mcp.example.com/"),
+            ("https://mcp.example.com/a?x=1", "https://mcp.example.com/a"),
+            ("urn:example:api", "urn:example:API"),
+        ] {
+            assert!(!same_resource(registered, asked), "{registered} / {asked}");
+        }
+    }
 
     #[test]
     fn redirect_uris_match_exactly() {

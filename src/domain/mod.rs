@@ -19,7 +19,7 @@ pub use auth_profile::{
 };
 pub use client::{
     Client, ClientId, ClientIdError, ClientKind, GrantType, OFFLINE_ACCESS, PreviousSecret, RedirectUri,
-    RedirectUriError, SigningAlg,
+    RedirectUriError, SigningAlg, same_resource,
 };
 pub use email::{DomainName, DomainNameError, Email, EmailError};
 pub use ids::{EventId, IdentityId, ProfileId, TeamId, UserId, WebhookId};

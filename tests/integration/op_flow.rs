@@ -66,6 +66,8 @@ on_both_backends!(
     browser_apps_on_other_origins_reach_the_public_client_endpoints_only,
     a_user_removes_an_apps_access_from_the_account_page,
     a_consent_covers_the_resources_it_was_given_for,
+    a_resource_matches_however_the_client_spells_its_url,
+    a_client_that_registered_tesseras_mcp_server_does_not_introspect_anothers_token_for_it,
     narrowing_a_client_narrows_what_its_standing_grants_issue,
     forward_auth_says_an_email_is_verified_on_a_trusted_providers_word,
     an_authorization_request_posted_from_another_site_does_not_replace_the_session,
@@ -3204,6 +3206,79 @@ async fn a_consent_covers_the_resources_it_was_given_for(backend: Backend) {
     assert!(param(&to, "code").is_some(), "remembered for the API: {to}");
     let silent = browser.navigate(&offline(&format!("{for_mcp}&prompt=none"))).await;
     assert_eq!(param(&location(&silent), "error").as_deref(), Some("consent_required"));
+}
+
+/// The official MCP SDKs send a URL's `href` as `resource` — `https://api.example.com/` for a
+/// server whose metadata says `https://api.example.com` — and others spell a host or port their
+/// own way: the same resource (RFC 3986 6.2.2–6.2.3) matches, at authorization, code exchange
+/// and refresh, and its tokens' `aud` is spelled as registered, for the resource server to check.
+async fn a_resource_matches_however_the_client_spells_its_url(backend: Backend) {
+    let w = op_world(backend).await;
+    let api = "https://api.example.com";
+    let fields = |resources: Value| {
+        json!({"name": "Agent", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": true,
+               "grant_types": ["authorization_code", "refresh_token"], "resources": resources,
+               "scopes": ["openid", "offline_access"]})
+    };
+    // One resource listed twice, spelled two ways, is refused.
+    let twice = w.app.admin(Method::POST, "/admin/clients").json(&fields(json!([api, "https://API.example.com/"])));
+    let twice = body(twice.send().await.unwrap(), 400).await;
+    assert_eq!(twice["code"], "invalid_client_metadata", "{twice}");
+    assert!(twice["detail"].as_str().unwrap().contains("listed twice"), "{twice}");
+    let (client, secret) = register(&w.app, fields(json!([api]))).await;
+    let creds = (client.as_str(), secret.as_deref().unwrap());
+    let (verifier, challenge) = pkce();
+    let extra = format!("&resource={}", urlencode("https://api.example.com/"));
+    let url = authorize_url(&w.app, &client, &challenge, &extra)
+        .replace("scope=openid%20email%20teams", "scope=openid%20offline_access");
+    let code = code_from(&w, &mut Browser::new(), url).await;
+    let mut form = vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)];
+    form.extend([("code_verifier", verifier.as_str()), ("resource", "HTTPS://API.Example.com:443")]);
+    let tokens = body(token_request(&w.app, creds, &form).await, 200).await;
+    assert_eq!(jwt_parts(tokens["access_token"].as_str().unwrap()).1["aud"], api);
+    // A refresh naming the grant's resource (what the SDKs send each time), in their spelling.
+    let refresh = async |token: &str, resource: &str| {
+        let form = [("grant_type", "refresh_token"), ("refresh_token", token), ("resource", resource)];
+        token_request(&w.app, creds, &form).await
+    };
+    let token = tokens["refresh_token"].as_str().unwrap();
+    let refreshed = body(refresh(token, "https://api.example.com/").await, 200).await;
+    assert_eq!(jwt_parts(refreshed["access_token"].as_str().unwrap()).1["aud"], api);
+    // Another path is another resource.
+    let other = refresh(refreshed["refresh_token"].as_str().unwrap(), "https://api.example.com/v2").await;
+    assert_eq!(oauth_error(other, 400).await, "invalid_target");
+}
+
+/// RFC 7662 section 4: an access token is shown to the resource server it is for. Tessera's own
+/// MCP server (and API) reads its tokens itself: another client that registered `/mcp` to ask
+/// for its own tokens is no resource server of this one, and learns nothing of it.
+async fn a_client_that_registered_tesseras_mcp_server_does_not_introspect_anothers_token_for_it(backend: Backend) {
+    let w = op_world(backend).await;
+    let mcp = w.app.url("/mcp");
+    let agent = |name: &str| {
+        json!({"name": name, "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": true,
+               "grant_types": ["authorization_code"], "resources": [mcp, "https://api.example.com"],
+               "scopes": ["openid"]})
+    };
+    let (one, one_secret) = register(&w.app, agent("One")).await;
+    let (other, other_secret) = register(&w.app, agent("Other")).await;
+    let (one, other) =
+        ((one.as_str(), one_secret.as_deref().unwrap()), (other.as_str(), other_secret.as_deref().unwrap()));
+    let token_for = async |resource: &str| {
+        let (verifier, challenge) = pkce();
+        let extra = format!("&resource={}", urlencode(resource));
+        let code = code_from(&w, &mut Browser::new(), authorize_url(&w.app, one.0, &challenge, &extra)).await;
+        let mut form = vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)];
+        form.extend([("code_verifier", verifier.as_str()), ("resource", resource)]);
+        let tokens = body(token_request(&w.app, one, &form).await, 200).await;
+        tokens["access_token"].as_str().unwrap().to_owned()
+    };
+    let for_mcp = token_for(&mcp).await;
+    assert_eq!(introspect(&w.app, one, &for_mcp).await["active"], true, "its own client");
+    assert_eq!(introspect(&w.app, other, &for_mcp).await, json!({"active": false}));
+    // A resource of the client's own (a server it runs) is its to read.
+    let for_api = token_for("https://api.example.com").await;
+    assert_eq!(introspect(&w.app, other, &for_api).await["active"], true, "the resource server");
 }
 
 async fn narrowing_a_client_narrows_what_its_standing_grants_issue(backend: Backend) {

@@ -710,11 +710,16 @@ impl OpenIdProvider {
         if params.max_age.as_deref().is_some_and(|v| v.parse::<u32>().is_err()) {
             return Err(fail("invalid_request", "max_age must be a number of seconds"));
         }
-        if let Some(resource) = params.resource.as_deref()
-            && !client.resources.iter().any(|r| r == resource)
-        {
-            return Err(fail("invalid_target", "resource is not one of the client's registered resources"));
-        }
+        // Spelled as registered from here on (its tokens' `aud`), however the client spelled it.
+        let resource = match params.resource.as_deref() {
+            Some(asked) => match client.registered_resource(asked) {
+                Some(registered) => Some(registered.to_owned()),
+                None => {
+                    return Err(fail("invalid_target", "resource is not one of the client's registered resources"));
+                }
+            },
+            None => None,
+        };
         let after = auth_after(held, now);
         Ok(AuthorizationRequest {
             client,
@@ -728,7 +733,7 @@ impl OpenIdProvider {
             prompt_select_account: prompts.iter().any(|p| p == "select_account"),
             auth_after: after.and_then(DateTime::from_timestamp_micros),
             login_hint: params.login_hint.clone(),
-            resource: params.resource.clone(),
+            resource,
             hinted_user,
             params: params.clone(),
         })

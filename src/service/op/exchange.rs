@@ -151,7 +151,7 @@ impl OpenIdProvider {
 /// sent), one of the client's registered resources.
 fn target(client: &Client, form: &TokenForm) -> Result<String, OAuthError> {
     let target = match (form.resource.as_deref(), form.audience.as_deref()) {
-        (Some(resource), Some(audience)) if resource != audience => {
+        (Some(resource), Some(audience)) if !crate::domain::same_resource(resource, audience) => {
             return Err(OAuthError::invalid_target("resource and audience differ: a token is for one resource"));
         }
         (Some(target), _) | (None, Some(target)) => target,

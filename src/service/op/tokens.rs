@@ -748,12 +748,16 @@ impl OpenIdProvider {
     /// revoked, another issuer's — is `{"active": false}`. So is a token the client may not
     /// learn about (section 4): an access token is shown to the client it was issued to and to
     /// the resource server it was issued for (a client whose id is its `aud`, or that registered
-    /// its `aud` among its `resources`); a refresh token only to the client that holds it.
+    /// its `aud` among its `resources`, unless that is Tessera's own API or MCP server, which
+    /// read their tokens themselves); a refresh token only to the client that holds it.
     pub async fn introspect(&self, client: &Client, token: &str) -> Result<serde_json::Value, OAuthError> {
         let inactive = serde_json::json!({ "active": false });
         match self.named(token, false).await? {
             Named::Access(claims) => {
-                if claims.client_id != client.id.as_str() && !client.is_audience(&claims.aud) {
+                // Tessera's own API and MCP server are their own resource servers: a client that
+                // registered them to ask for tokens is no resource server of another's token.
+                let resource_server = client.is_audience(&claims.aud) && self.tessera_resource(&claims.aud).is_none();
+                if claims.client_id != client.id.as_str() && !resource_server {
                     return Ok(inactive);
                 }
                 if !self.access_grant_active(&claims).await? {
@@ -988,19 +992,23 @@ pub(super) fn registered_scopes(client: &Client, scope: &str) -> Vec<String> {
 
 /// `resource`, when `client` registered it (RFC 8707); else `invalid_target`.
 pub(super) fn registered_target(client: &Client, resource: &str) -> Result<String, OAuthError> {
-    if !client.has_resource(resource) {
-        return Err(OAuthError::invalid_target("resource is not one of the client's registered resources"));
+    match client.registered_resource(resource) {
+        Some(registered) => Ok(registered.to_owned()),
+        None => Err(OAuthError::invalid_target("resource is not one of the client's registered resources")),
     }
-    Ok(resource.to_owned())
 }
 
 /// RFC 8707 section 2.2: a code or refresh token yields tokens for the resource it was granted
 /// for; asking for another is `invalid_target`, not a token whose audience the caller did not ask.
 fn same_resource(form: &TokenForm, grant: &GrantRecord) -> Result<(), OAuthError> {
     match form.resource.as_deref() {
-        Some(asked) if grant.resource.as_deref() != Some(asked) => Err(OAuthError::invalid_target(
-            "resource differs from the one authorized; another resource needs a new authorization",
-        )),
+        Some(asked)
+            if !grant.resource.as_deref().is_some_and(|granted| crate::domain::same_resource(granted, asked)) =>
+        {
+            Err(OAuthError::invalid_target(
+                "resource differs from the one authorized; another resource needs a new authorization",
+            ))
+        }
         _ => Ok(()),
     }
 }
