@@ -24,6 +24,7 @@ use super::admin_auth::AdminActor;
 use super::extract::{ApiQuery, page_limit};
 use super::problem::ApiError;
 use super::responses::AuditListResponse;
+use crate::domain::UserId;
 use crate::error::ErrorCode;
 use crate::store::{ActorKind, AuditQuery, NewAuditEvent};
 
@@ -460,13 +461,15 @@ pub fn provider_label(name: &str) -> Option<&str> {
 /// the provider vouched for an account (cancelled there, no code or one that does not exchange,
 /// a mix-up of issuers or providers), since anyone can start one and send its callback back
 /// that way, over and over. A failure once an account is known (a disabled user, a link
-/// required), or of a link or connection (a signed-in user's), gets a row of its own. The
+/// required), or of a link or connection (a signed-in user's, `actor`, who started it), gets a
+/// row of its own. The
 /// provider is named only when it is configured. Logged at info with the code and provider only.
 pub async fn sign_in_failed(
     state: &AppState,
     headers: &HeaderMap,
     provider: &str,
     action: FlowAction,
+    actor: Option<UserId>,
     code: ErrorCode,
 ) {
     if code.status().is_server_error() {
@@ -503,6 +506,7 @@ pub async fn sign_in_failed(
         details.insert("rule".into(), "email_owned_by_existing_user".into());
     }
     let event = NewAuditEvent::new(ActorKind::User, action)
+        .actor(actor.map(|user| user.to_string()), None)
         .request(request_id(headers))
         .failed(code.as_str())
         .details(Value::Object(details));

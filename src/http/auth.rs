@@ -575,7 +575,7 @@ async fn callback_to_end(
         Ok(taken) => taken,
         Err((error, binding)) => {
             let error = ApiError::from(error);
-            super::audit::sign_in_failed(&state, &headers, &provider, FlowAction::SignIn, error.code()).await;
+            super::audit::sign_in_failed(&state, &headers, &provider, FlowAction::SignIn, None, error.code()).await;
             // A browser still signed in (the provider's redirect replayed from its history, a
             // link started before another tab signed in) is not sent to sign in, which would
             // end its session.
@@ -606,6 +606,8 @@ async fn callback_to_end(
     let provider = taken.flow.provider.clone();
     // What the flow is for, known before it is finished: a refusal is recorded as such.
     let flow = &taken.flow;
+    // Who started a link or connection: the actor of its refusal.
+    let flow_user = flow.link_user;
     let action = match (&flow.profile, &flow.link_user) {
         (Some(_), _) => FlowAction::Connect,
         (None, Some(_)) => FlowAction::Link,
@@ -626,7 +628,7 @@ async fn callback_to_end(
             // The user cancelled at the provider (its `access_denied`, not another of its errors,
             // which a retry or the operator may cure).
             let cancelled = error.code() == ErrorCode::ProviderDenied;
-            super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
+            super::audit::sign_in_failed(&state, &headers, &provider, action, flow_user, error.code()).await;
             if action == FlowAction::SignIn
                 && cancelled
                 && let Ok(Some(to)) = app_told(
@@ -660,7 +662,7 @@ async fn callback_to_end(
             Ok(user) => user,
             Err(error) => {
                 let error = ApiError::from(error);
-                super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
+                super::audit::sign_in_failed(&state, &headers, &provider, action, flow_user, error.code()).await;
                 return with_cookie(state.pages.unfinished_flow(&headers, error, true), clear_login);
             }
         },
@@ -672,7 +674,7 @@ async fn callback_to_end(
             Ok(_) => redirect(super::auth_profiles::connect::CONNECTED, &[clear_login]),
             Err(error) => {
                 let error = ApiError::from(error);
-                super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
+                super::audit::sign_in_failed(&state, &headers, &provider, action, flow_user, error.code()).await;
                 // A signed-in browser is not sent to sign in (which would end its session).
                 let context = errors::Context { return_to: None, signed_in: current_user.is_some(), retry: None };
                 with_cookie(state.pages.error_in(&headers, error, &context), clear_login)
@@ -701,7 +703,7 @@ async fn callback_to_end(
         }
         Err(error) => {
             let error = ApiError::from(error);
-            super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
+            super::audit::sign_in_failed(&state, &headers, &provider, action, flow_user, error.code()).await;
             // The sign-in's transaction ended no session: one the browser had stands.
             let signed_in = signed_in
                 || (action == FlowAction::SignIn && still_signed_in(&state, &headers, session, error.code()).await);

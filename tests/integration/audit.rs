@@ -524,6 +524,10 @@ async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Back
     alice.cookies.insert("tessera_session".into(), session);
     let failed = audit(&w.app, "action=identity.link_failed").await;
     assert_eq!((failed.len(), &failed[0]["reason"]), (4, &json!("invalid_state")), "{failed:?}");
+    // Each names who started the link.
+    for row in &failed {
+        assert_eq!((&row["actor_kind"], &row["actor_id"]), (&json!("user"), &user), "{row}");
+    }
     assert!(audit(&w.app, "action=sign_in.failed").await.is_empty(), "not counted as a stray callback");
 
     // Its page says nothing changed and leads to the account, not to a sign-in that would end

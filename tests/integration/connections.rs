@@ -782,7 +782,8 @@ async fn reconnecting_keeps_the_profile_and_guards_the_account(backend: Backend)
     assert_eq!(w.sql_profile(&slug).await["upstream_account_id"], "first-account");
     // Recorded as a refused connection, not as a refused sign-in.
     let sql = w.app.db.sql().await;
-    assert_eq!(sql.count("audit_events WHERE action = 'auth_profile.connect_failed'").await, 1);
+    let by_alice = format!("audit_events WHERE action = 'auth_profile.connect_failed' AND actor_id = '{}'", w.alice.id);
+    assert_eq!(sql.count(&by_alice).await, 1, "the row names who connected");
     assert_eq!(sql.count("audit_events WHERE action = 'sign_in.failed'").await, 0);
 
     let link = w.connect_link(w.alice.id, &slug, true).await;
