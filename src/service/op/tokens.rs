@@ -366,9 +366,12 @@ impl OpenIdProvider {
         if stored.used {
             // A replay by whoever holds what redeemed it (the client, and the PKCE verifier where
             // there was one; a code alone, leaked after its use, revokes nothing): redeeming again
-            // revokes the grant and every token it issued.
-            self.store.redeem_code(&hash, None, self.grant_at(now), x_request_id).await?;
-            tracing::warn!(client_id = %client.id, "authorization code replayed; its grant is revoked");
+            // revokes the grant and every token it issued. A grant that ended already (revoked
+            // by an earlier replay, say) costs a thief's loop no write and no warning.
+            if grant.active {
+                self.store.redeem_code(&hash, None, self.grant_at(now), x_request_id).await?;
+                tracing::warn!(client_id = %client.id, "authorization code replayed; its grant is revoked");
+            }
             return Err(invalid());
         }
         if !grant.active {
@@ -410,9 +413,11 @@ impl OpenIdProvider {
             return Err(invalid());
         }
         let reusable_after = self.refresh_reusable_after(now);
-        if spent(used_at, reusable_after) {
-            // A rotated token presented again: its grant is revoked, whatever else this request
-            // asks or gets wrong (the rotation below, to a token nobody holds, finds the reuse).
+        // A rotated token presented again: its grant is revoked, whatever else this request asks
+        // or gets wrong (the rotation below, to a token nobody holds, finds the reuse). A grant
+        // that ended already (revoked by an earlier reuse, say) costs a thief's loop no write
+        // and no warning: refused below.
+        if grant.active && spent(used_at, reusable_after) {
             let nobody = sha256(random_secret().expose_secret().as_bytes());
             if self.store.rotate_refresh_token(&hash, &nobody, self.grant_at(now), reusable_after, x_request_id).await?
                 == RotateOutcome::Reused
