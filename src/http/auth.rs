@@ -306,6 +306,12 @@ async fn keep_session(State(state): State<Arc<AppState>>, headers: HeaderMap, Pa
     if let Err(error) = csrf::check(&headers, session, csrf::field(&fields, csrf::FIELD)) {
         return state.pages.error(&headers, error);
     }
+    // The token is the cookie's: a made-up cookie with its token is no session to keep.
+    match state.sessions.resolve(session).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return state.pages.ended_before_the_answer(&headers),
+        Err(error) => return state.pages.error(&headers, error.into()),
+    }
     let return_to = csrf::field(&fields, "return_to");
     let description = "the user kept their current session rather than sign in again";
     let sender = crate::crypto::sha256(session.as_bytes());

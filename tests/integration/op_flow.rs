@@ -2166,6 +2166,14 @@ async fn another_site_cannot_force_a_signed_in_browser_to_sign_in_again(backend:
         let (csrf, return_to) = (field("csrf"), field("return_to"));
         let form = [("csrf", csrf.as_str()), ("return_to", return_to.as_str())];
         let continue_url = w.app.url("/auth/continue");
+        // A cookie made up with the token it would have is no session: nothing is answered.
+        let made_up = "a-made-up-session";
+        let plain = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let forged = plain.post(&continue_url).header("cookie", format!("tessera_session={made_up}"));
+        let forged = forged.header("sec-fetch-site", "same-origin").header("accept", "text/html");
+        let token = tessera::http::csrf::token(made_up);
+        let forged = forged.form(&[("csrf", token.as_str()), ("return_to", return_to.as_str())]).send().await.unwrap();
+        assert_eq!(forged.status(), StatusCode::UNAUTHORIZED, "{case}");
         // Eight clicks at once (a double click, tabs): the request is used up once, and every
         // click is sent to the app with that one answer — the browser follows whichever answer
         // it kept, and a dropped first one must not leave the app waiting.
