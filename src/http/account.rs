@@ -315,7 +315,7 @@ async fn account_page(
                 .map(|app| AppRow {
                     client_id: app.client_id,
                     name: app.client_name,
-                    scopes: app.scopes,
+                    scopes: app.scopes.iter().map(|scope| super::pages::scope_in_words(scope)).collect(),
                     since: day(app.since),
                     reach: match (app.active, app.offline, app.first_party) {
                         (true, true, _) => "keeps access while you are signed out",

@@ -101,6 +101,7 @@ pub fn provider_label(name: &str) -> String {
     match name {
         "github" => "GitHub".into(),
         "gitlab" => "GitLab".into(),
+        "hubspot" => "HubSpot".into(),
         "google" => "Google".into(),
         "microsoft" => "Microsoft".into(),
         other => {

@@ -41,6 +41,7 @@ pub const STYLESHEET_PATH: &str = "/assets/tessera.css";
 
 /// The page of a page that failed to render: fixed, with the error's code and a next step.
 const UNRENDERED_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>Something went wrong</title></head><body><main><h1>Something went wrong</h1>\
 <p>This page could not be shown (<code>internal_error</code>); it has been logged. Try again in a \
 moment, or <a href=\"/account\">go to your account</a>.</p></main></body></html>\n";
@@ -312,6 +313,8 @@ struct ConsentPage<'a> {
     scopes: &'a [String],
     resource: Option<&'a str>,
     request_id: &'a str,
+    /// How long the page's request waits for the answer, in minutes.
+    minutes: u64,
 }
 
 impl Pages {
@@ -328,8 +331,25 @@ impl Pages {
         resource: Option<&str>,
         request_id: &str,
     ) -> Response {
-        let page = ConsentPage { chrome: self.chrome(true), who, email, client_name, scopes, resource, request_id };
+        let minutes = crate::service::op::provider::REQUEST_TTL.as_secs() / 60;
+        let chrome = self.chrome(true);
+        let page = ConsentPage { chrome, who, email, client_name, scopes, resource, request_id, minutes };
         self.render(StatusCode::OK, &page)
+    }
+}
+
+/// What a scope lets an app do, in words, for the consent page and the account's apps; a scope Tessera gives no meaning to (an
+/// app's own) is shown as it is.
+pub fn scope_in_words(scope: &str) -> String {
+    match scope {
+        "openid" => "know who you are (your account's id here)".into(),
+        "profile" => "see your name".into(),
+        "email" => "see your email address".into(),
+        "teams" => "see your teams and your role in each".into(),
+        crate::service::op::provider::OFFLINE_ACCESS => {
+            "keep this access while you are signed out, until you remove it".into()
+        }
+        other => other.to_owned(),
     }
 }
 

@@ -837,6 +837,10 @@ async fn pages_work_in_a_real_browser() {
                      "redirect_uris": ["https://app.example.com/callback"],
                      "post_logout_redirect_uris": ["https://app.example.com/bye"]});
     body(w.app.admin(reqwest::Method::POST, "/admin/clients").json(&app).send().await.unwrap(), 201).await;
+    // A third-party app, for the consent page.
+    let partner = json!({"id": "pages-partner", "name": "Pages partner", "kind": "confidential", "first_party": false,
+                         "redirect_uris": ["https://app.example.com/callback"]});
+    body(w.app.admin(reqwest::Method::POST, "/admin/clients").json(&partner).send().await.unwrap(), 201).await;
     // Kept for people to look at after a run; emptied first, so that only this run's are there.
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     let _ = std::fs::remove_dir_all(&shots);
@@ -846,6 +850,7 @@ async fn pages_work_in_a_real_browser() {
         .current_dir(support())
         .env("TESSERA_URL", w.app.url(""))
         .env("TESSERA_CLIENT_ID", "pages-app")
+        .env("TESSERA_PARTNER_ID", "pages-partner")
         .env("SCREENSHOTS", &shots)
         .env("CHROMIUM", &chromium);
     let output = crate::helpers::run_tool(&mut command, "the browser test", std::time::Duration::from_secs(600)).await;

@@ -11,7 +11,8 @@ Content-Security-Policy violation or script error, and is screenshotted at both 
 SCREENSHOTS. Exits non-zero, saying why, at the first surprise; prints a JSON summary last.
 
 Environment: TESSERA_URL, TESSERA_CLIENT_ID (a registered app redirecting to
-https://app.example.com/callback, post-logout https://app.example.com/bye), SCREENSHOTS (a
+https://app.example.com/callback, post-logout https://app.example.com/bye), TESSERA_PARTNER_ID
+(a third-party app with the same redirect URI), SCREENSHOTS (a
 folder), CHROMIUM (default /usr/bin/chromium).
 """
 
@@ -39,6 +40,8 @@ FLAGS = [
 ]
 
 CLIENT = os.environ["TESSERA_CLIENT_ID"]
+# A third-party app (it asks for consent), with the same redirect URI.
+PARTNER = os.environ["TESSERA_PARTNER_ID"]
 # An authorization request of the registered app (any 43-character PKCE challenge will do).
 AUTHORIZE = (
     f"/oauth/authorize?response_type=code&client_id={CLIENT}"
@@ -223,6 +226,20 @@ def main():
         goto(page, "/auth/login?provider=local")
         page.wait_for_url(re.compile(r"/account$"))
 
+        # A third-party app asks for consent: the page says what it may do, in words, and how
+        # long it waits; denied, the app is told so.
+        asked = AUTHORIZE.replace(f"client_id={CLIENT}", f"client_id={PARTNER}")
+        asked = asked.replace("scope=openid", "scope=openid%20email")
+        goto(page, asked)
+        expect(heading(page) == "Allow Pages partner to use your account?", f"the consent page: {heading(page)!r}")
+        expect(page.get_by_text("see your email address").count() == 1, "the scopes in words")
+        expect(page.get_by_text("waits 10 minutes for your answer").count() == 1, "the time it waits")
+        check_page(page, "consent", "Allow Pages partner?")
+        page.get_by_role("button", name="Deny").click()
+        page.wait_for_url(re.compile(r"^https://app\.example\.com/callback\?"))
+        expect("error=access_denied" in page.url, f"the app is told: {page.url}")
+        goto(page, "/account")
+
         # Sign out: a page that confirms, then the signed-out page.
         page.get_by_role("link", name="Sign out").click()
         page.wait_for_url(re.compile(r"/auth/logout$"))
@@ -364,6 +381,13 @@ def main():
         page.get_by_role("button", name="Continue with email").click()
         expect(page.get_by_text("has no team sign-in of its own").count() == 1, "discovery notice")
         check_page(page, "login-discovery", "Sign in")
+        # Something that is no address: said in the title, at the top and at the field.
+        goto(page, "/login")
+        page.get_by_label("Work email").fill("not an address")
+        page.get_by_role("button", name="Continue with email").click()
+        page.wait_for_load_state()
+        expect(page.get_by_label("Work email").get_attribute("aria-invalid") == "true", "the field is marked")
+        check_page(page, "login-error", "Error: Sign in")
 
         # A page that does not exist.
         response = goto(page, "/no/such/page")

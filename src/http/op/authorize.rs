@@ -401,27 +401,12 @@ fn consent_page(
     resource: Option<&str>,
 ) -> Response {
     let resource = resource.map(|resource| resource_in_words(state, resource));
-    let scopes: Vec<String> = scopes.iter().map(|scope| scope_in_words(scope)).collect();
+    let scopes: Vec<String> = scopes.iter().map(|scope| pages::scope_in_words(scope)).collect();
     let who = user.map(crate::http::auth::who).unwrap_or_default();
     // The email too when the name leads: the account the app would get, told apart from
     // another of the same name.
     let email = user.filter(|user| user.name.is_some()).and_then(|user| user.email.as_deref());
     state.pages.consent((&who, email), client_name, &scopes, resource.as_deref(), request_id)
-}
-
-/// What a scope lets the app do, for the consent page; a scope Tessera gives no meaning to (an
-/// app's own) is shown as it is.
-fn scope_in_words(scope: &str) -> String {
-    match scope {
-        "openid" => "know who you are (your account's id here)".into(),
-        "profile" => "see your name".into(),
-        "email" => "see your email address".into(),
-        "teams" => "see your teams and your role in each".into(),
-        crate::service::op::provider::OFFLINE_ACCESS => {
-            "keep this access while you are signed out, until you remove it".into()
-        }
-        other => other.to_owned(),
-    }
 }
 
 /// What a token for `resource` lets the app do, for the consent page: Tessera's own API and MCP
