@@ -1691,6 +1691,21 @@ async fn forward_auth_sends_a_browser_to_sign_in_and_back(backend: Backend) {
         public("/auth/login?return_to=%2Faccount%3Ftab%3D1")
     );
 
+    // With Secure cookies, a browser gets none over plain HTTP: an http:// origin, allowed or
+    // not, is no place to send it to sign in (it would loop); https:// still is.
+    let mut config = config.clone();
+    config.auth.cookie_secure = true;
+    config.auth.return_to_origins.push("http://plain.example.com".to_owned());
+    let secure = TestApp::start_as(w.app.db.share(), &config, "id.example.com").await;
+    let ask = |url: &str| {
+        let request = proxy.get(secure.url("/auth/verify")).header("x-original-url", url).header("accept", "text/html");
+        async move { request.send().await.unwrap() }
+    };
+    let plain = ask("http://plain.example.com/notes").await;
+    assert_eq!(plain.status(), StatusCode::UNAUTHORIZED);
+    assert!(plain.headers().get("x-tessera-sign-in").is_none(), "{:?}", plain.headers());
+    assert!(ask(wanted).await.headers().get("x-tessera-sign-in").is_some());
+
     // Followed, the sign-in ends where the browser was going.
     w.issuer.set_next_user(StubUser::new("fa-back", "back@example.com"));
     let mut browser = Browser::new();

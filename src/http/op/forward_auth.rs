@@ -109,15 +109,15 @@ fn sign_in_first(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> 
 const MAX_SIGN_IN_URL: usize = 3000;
 
 /// `/auth/login` with a `return_to` of the URL the browser asked the proxy for, when that is on
-/// Tessera's own origin or an allowed one (`auth.return_to_origins`) and on a host the session
-/// cookie reaches: elsewhere the browser, signed in, would come back without the cookie, be sent
+/// Tessera's own origin or an allowed one (`auth.return_to_origins`) and on a host (and scheme:
+/// a `Secure` cookie goes over `https` only) the session cookie reaches: elsewhere the browser, signed in, would come back without the cookie, be sent
 /// to sign in again, and loop. A URL too long to come back
 /// to (over 2048 characters, or a sign-in URL over [`MAX_SIGN_IN_URL`] once encoded), or one
 /// holding what a `return_to` may not (a backslash in its query), comes back to its path without
 /// the query, else to the origin's root: a deep link that cannot be kept still leads to sign-in.
 fn sign_in_url(state: &AppState, headers: &HeaderMap) -> Option<String> {
     let original = url::Url::parse(&original_url(headers)?).ok()?;
-    if !state.cookies.session_reaches(original.host_str()?, state.flows.public_host()) {
+    if !state.cookies.session_reaches(original.scheme(), original.host_str()?, state.flows.public_host()) {
         return None;
     }
     let own = state.flows.public_origin().is_some_and(|own| own == original.origin().ascii_serialization());
