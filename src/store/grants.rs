@@ -114,7 +114,8 @@ pub enum RedeemOutcome {
     Redeemed,
     /// The code had been used: its grant is now revoked, with every token it issued.
     Replayed,
-    /// No such code, or expired.
+    /// No such code, or expired; or one used already whose grant was revoked already (nothing
+    /// was written).
     Invalid,
 }
 
@@ -125,7 +126,8 @@ pub enum RotateOutcome {
     Rotated,
     /// The token had been rotated already: its grant is now revoked.
     Reused,
-    /// No such token, or its grant no longer counts; nothing was written.
+    /// No such token, or its grant no longer counts; or one rotated already whose grant was
+    /// revoked already. Nothing was written.
     Invalid,
 }
 

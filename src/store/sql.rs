@@ -2950,7 +2950,10 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(RedeemOutcome::Invalid);
         };
-        revoke_replayed_grant_in(&mut tx, row.uuid("grant_id")?, now, "code_replayed", request_id).await?;
+        if !revoke_replayed_grant_in(&mut tx, row.uuid("grant_id")?, now, "code_replayed", request_id).await? {
+            tx.rollback().await?;
+            return Ok(RedeemOutcome::Invalid);
+        }
         tx.commit().await?;
         Ok(RedeemOutcome::Replayed)
     }
@@ -3010,7 +3013,10 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(RotateOutcome::Invalid);
         };
-        revoke_replayed_grant_in(&mut tx, row.uuid("grant_id")?, now, "refresh_token_reused", request_id).await?;
+        if !revoke_replayed_grant_in(&mut tx, row.uuid("grant_id")?, now, "refresh_token_reused", request_id).await? {
+            tx.rollback().await?;
+            return Ok(RotateOutcome::Invalid);
+        }
         tx.commit().await?;
         Ok(RotateOutcome::Reused)
     }
@@ -4610,15 +4616,16 @@ pub(super) const DELIVERIES: &str =
 
 /// Revokes `grant` because one of its credentials came back (`cause`: a used code presented
 /// again, a rotated refresh token reused), with its `grant.revoked` audit row in the same
-/// transaction. A grant revoked already (a replay into a grant that ended before) writes none, so
-/// replays cannot flood the log. `request_id` is the id of the request that presented it.
+/// transaction; false when it was revoked already (a replay into a grant an earlier replay, or the
+/// user, revoked), which writes nothing, so that replays cannot flood the log and the caller rolls
+/// back. `request_id` is the id of the request that presented it.
 async fn revoke_replayed_grant_in(
     tx: &mut Tx,
     grant: uuid::Uuid,
     now: DateTime<Utc>,
     cause: &str,
     request_id: Option<&str>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let revoked = query(
         "UPDATE oauth_grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING client_id, user_id",
     )
@@ -4638,8 +4645,9 @@ async fn revoke_replayed_grant_in(
             .details(details)
             .request(request_id.map(str::to_owned));
         super::audit::insert(tx, &[event]).await?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// When `enabled` turns a disabled endpoint on again, or `url` points it elsewhere, starts its

@@ -4633,6 +4633,9 @@ mod grants {
         );
         assert!(!store.grant(g.id, grant_at(t0)).await.unwrap().unwrap().active);
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 1);
+        // And again: the grant is revoked already; nothing more is written.
+        assert_eq!(store.redeem_code(&c.code_hash, None, grant_at(t0), None).await.unwrap(), RedeemOutcome::Invalid);
+        assert_eq!(db.sql().await.count("audit_events WHERE action = 'grant.revoked'").await, 1);
         assert_eq!(store.redeem_code(&hash(), None, grant_at(t0), None).await.unwrap(), RedeemOutcome::Invalid);
         assert_eq!(store.code_grant(&hash(), grant_at(t0)).await.unwrap(), None);
         assert_eq!(store.grant(Uuid::now_v7(), grant_at(t0)).await.unwrap(), None);
@@ -4687,7 +4690,10 @@ mod grants {
             outcomes.push(task.await.unwrap());
         }
         assert_eq!(outcomes.iter().filter(|o| **o == RedeemOutcome::Redeemed).count(), 1);
-        assert_eq!(outcomes.iter().filter(|o| **o == RedeemOutcome::Replayed).count(), 15);
+        // One of the others revokes the grant; the rest find it revoked already and write nothing.
+        assert_eq!(outcomes.iter().filter(|o| **o == RedeemOutcome::Replayed).count(), 1);
+        assert_eq!(outcomes.iter().filter(|o| **o == RedeemOutcome::Invalid).count(), 14);
+        assert_eq!(db.sql().await.count("audit_events WHERE action = 'grant.revoked'").await, 1);
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 1);
         assert!(!store.grant(g.id, grant_at(t0)).await.unwrap().unwrap().active, "the replays revoked the grant");
     }
@@ -4787,7 +4793,10 @@ mod grants {
             outcomes.push(task.await.unwrap());
         }
         assert_eq!(outcomes.iter().filter(|o| **o == RotateOutcome::Rotated).count(), 1);
-        assert_eq!(outcomes.iter().filter(|o| **o == RotateOutcome::Reused).count(), 15);
+        // One of the others revokes the grant; the rest find it revoked already and write nothing.
+        assert_eq!(outcomes.iter().filter(|o| **o == RotateOutcome::Reused).count(), 1);
+        assert_eq!(outcomes.iter().filter(|o| **o == RotateOutcome::Invalid).count(), 14);
+        assert_eq!(db.sql().await.count("audit_events WHERE action = 'grant.revoked'").await, 1);
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 2);
         assert!(!store.grant(grant_id, grant_at(t0)).await.unwrap().unwrap().active);
     }

@@ -366,10 +366,9 @@ impl OpenIdProvider {
         if stored.used {
             // A replay by whoever holds what redeemed it (the client, and the PKCE verifier where
             // there was one; a code alone, leaked after its use, revokes nothing): redeeming again
-            // revokes the grant and every token it issued. A grant that ended already (revoked
-            // by an earlier replay, say) costs a thief's loop no write and no warning.
-            if grant.active {
-                self.store.redeem_code(&hash, None, self.grant_at(now), x_request_id).await?;
+            // revokes the grant and every token it issued. A grant revoked already (by an earlier
+            // replay, say) is not revoked again: a thief's loop writes nothing and logs nothing.
+            if self.store.redeem_code(&hash, None, self.grant_at(now), x_request_id).await? == RedeemOutcome::Replayed {
                 tracing::warn!(client_id = %client.id, "authorization code replayed; its grant is revoked");
             }
             return Err(invalid());
@@ -414,10 +413,10 @@ impl OpenIdProvider {
         }
         let reusable_after = self.refresh_reusable_after(now);
         // A rotated token presented again: its grant is revoked, whatever else this request asks
-        // or gets wrong (the rotation below, to a token nobody holds, finds the reuse). A grant
-        // that ended already (revoked by an earlier reuse, say) costs a thief's loop no write
-        // and no warning: refused below.
-        if grant.active && spent(used_at, reusable_after) {
+        // or gets wrong (the rotation below, to a token nobody holds, finds the reuse). One
+        // revoked already (by an earlier reuse, say) is not revoked again: a thief's loop writes
+        // nothing and logs nothing.
+        if spent(used_at, reusable_after) {
             let nobody = sha256(random_secret().expose_secret().as_bytes());
             if self.store.rotate_refresh_token(&hash, &nobody, self.grant_at(now), reusable_after, x_request_id).await?
                 == RotateOutcome::Reused
