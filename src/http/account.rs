@@ -315,7 +315,14 @@ async fn account_page(
                 .map(|app| AppRow {
                     client_id: app.client_id,
                     name: app.client_name,
-                    scopes: app.scopes.iter().map(|scope| super::pages::scope_in_words(scope)).collect(),
+                    // Whether it keeps access while signed out is said beside, from its grants as
+                    // they are (a remembered consent may name `offline_access` still).
+                    scopes: app
+                        .scopes
+                        .iter()
+                        .filter(|scope| *scope != crate::service::op::provider::OFFLINE_ACCESS)
+                        .map(|scope| super::pages::scope_in_words(scope))
+                        .collect(),
                     since: day(app.since),
                     reach: match (app.active, app.offline, app.first_party) {
                         (true, true, _) => "keeps access while you are signed out",

@@ -258,6 +258,8 @@ async fn an_env_profile_is_connected_through_its_form_and_read_through_credentia
     // The field says it is invalid, and a screen reader on it reads why.
     assert!(again.contains("aria-describedby=\"hint-1 form-error\" aria-invalid=\"true\""), "{again}");
     assert!(again.contains("<div id=\"form-error\""), "{again}");
+    // And the page's title and notice say it is an error, for who does not see the field.
+    assert!(again.contains("<title>Error: Connect OpenAI") && again.contains("<strong>Error:</strong>"), "{again}");
 
     let saved = w.alice.browser.form(&link, &[("csrf", &csrf), ("OPENAI_API_KEY", KEY), ("OPENAI_ORG", "")]).await;
     assert_eq!(saved.status(), StatusCode::SEE_OTHER);

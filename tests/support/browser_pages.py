@@ -233,7 +233,7 @@ def main():
         goto(page, asked)
         expect(heading(page) == "Allow Pages partner to use your account?", f"the consent page: {heading(page)!r}")
         expect(page.get_by_text("see your email address").count() == 1, "the scopes in words")
-        expect(page.get_by_text("waits 10 minutes for your answer").count() == 1, "the time it waits")
+        expect(page.get_by_text("waits up to 10 minutes for your answer").count() == 1, "the time it waits")
         check_page(page, "consent", "Allow Pages partner?")
         page.get_by_role("button", name="Deny").click()
         page.wait_for_url(re.compile(r"^https://app\.example\.com/callback\?"))
