@@ -351,9 +351,11 @@ impl Client {
     }
 
     /// The registered resource `asked` names, spelled as registered: what a token's `aud` says,
-    /// however the client spelled it.
+    /// however the client spelled it — the very spelling when it is registered (a client may list
+    /// both, as registrations from before this matching had to).
     pub fn registered_resource(&self, asked: &str) -> Option<&str> {
-        self.resources.iter().find(|r| same_resource(r, asked)).map(String::as_str)
+        let exact = self.resources.iter().find(|r| *r == asked);
+        exact.or_else(|| self.resources.iter().find(|r| same_resource(r, asked))).map(String::as_str)
     }
 
     /// Whether a token whose `aud` is `aud` was issued for it: its id, or one of its resources.

@@ -429,11 +429,11 @@ fn parse_resources(values: &[String]) -> Result<Vec<String>, ClientRuleError> {
                  https://api.example.com or urn:example:api",
             ));
         }
-        if resources.iter().any(|r| super::same_resource(r, value)) {
+        if resources.contains(value) {
             return Err(ClientRuleError::new(
                 format!("resources[{i}]"),
                 ClientRule::Metadata,
-                "this resource is listed twice (perhaps spelled another way)",
+                "this resource is listed twice",
             ));
         }
         resources.push(value.clone());
