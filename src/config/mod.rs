@@ -472,12 +472,8 @@ pub(super) fn env_or_file(
 /// credentials.
 pub fn endpoint_url(value: &str) -> Result<Url, String> {
     let url = Url::parse(value.trim()).map_err(|e| format!("not a URL: {e}"))?;
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => return Err("the URL has no host".into()),
-    };
+    let Some(host) = url.host() else { return Err("the URL has no host".into()) };
+    let loopback = crate::domain::is_loopback(&host);
     match url.scheme() {
         "https" => {}
         "http" if loopback => {}

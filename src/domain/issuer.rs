@@ -115,7 +115,9 @@ impl fmt::Display for Issuer {
     }
 }
 
-fn is_loopback(host: &Host<&str>) -> bool {
+/// Whether `host` is `localhost` (or a host under it) or a loopback address: where browsers and
+/// Tessera's rules allow plain `http`.
+pub fn is_loopback(host: &Host<&str>) -> bool {
     match host {
         Host::Domain(name) => *name == "localhost" || name.ends_with(".localhost"),
         Host::Ipv4(ip) => IpAddr::V4(*ip).is_loopback(),

@@ -64,16 +64,17 @@ impl Cookies {
         self.set(name, "", Duration::ZERO)
     }
 
-    /// Whether a browser sends the session cookie to `host` over `scheme`, Tessera being reached
-    /// at `own_host`: a host-only cookie goes to Tessera's host alone (on any port: a cookie does
+    /// Whether a browser sends the session cookie to `url`, Tessera being reached at
+    /// `own_host`: a host-only cookie goes to Tessera's host alone (on any port: a cookie does
     /// not name one), a shared one to the host of its domain and every host under it; a `Secure`
     /// one (`auth.cookie_secure`) only over `https`, or to a loopback host, which browsers count
     /// as secure.
-    pub fn session_reaches(&self, scheme: &str, host: &str, own_host: &str) -> bool {
-        let host = host.trim_end_matches('.');
-        if self.secure && !scheme.eq_ignore_ascii_case("https") && !is_loopback(host) {
+    pub fn session_reaches(&self, url: &url::Url, own_host: &str) -> bool {
+        let Some(host) = url.host() else { return false };
+        if self.secure && url.scheme() != "https" && !crate::domain::is_loopback(&host) {
             return false;
         }
+        let host = url.host_str().unwrap_or_default().trim_end_matches('.');
         match &self.session_domain {
             _ if host.eq_ignore_ascii_case(own_host) => true,
             Some(domain) => {
@@ -87,18 +88,6 @@ impl Cookies {
             None => false,
         }
     }
-}
-
-/// `localhost` (and hosts under it), or a loopback address (`127.0.0.0/8`, `[::1]`).
-fn is_loopback(host: &str) -> bool {
-    let lower = host.to_ascii_lowercase();
-    lower == "localhost"
-        || lower.ends_with(".localhost")
-        || lower
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -132,25 +121,28 @@ mod tests {
 
     #[test]
     fn the_session_cookie_reaches_its_own_host_or_its_domains_hosts() {
+        let at = |scheme: &str, host: &str| url::Url::parse(&format!("{scheme}://{host}/")).unwrap();
         let host_only = Cookies::new(true, None);
-        assert!(host_only.session_reaches("https", "id.example.com", "id.example.com"));
-        assert!(host_only.session_reaches("https", "ID.example.com.", "id.example.com"));
-        assert!(!host_only.session_reaches("https", "app.example.com", "id.example.com"));
-        assert!(!host_only.session_reaches("https", "example.com", "id.example.com"));
+        assert!(host_only.session_reaches(&at("https", "id.example.com"), "id.example.com"));
+        assert!(host_only.session_reaches(&at("https", "ID.example.com."), "id.example.com"));
+        assert!(!host_only.session_reaches(&at("https", "app.example.com"), "id.example.com"));
+        assert!(!host_only.session_reaches(&at("https", "example.com"), "id.example.com"));
         let shared = Cookies::new(true, Some("example.com"));
         for reached in ["id.example.com", "app.example.com", "example.com", "a.b.Example.COM"] {
-            assert!(shared.session_reaches("https", reached, "id.example.com"), "{reached}");
+            assert!(shared.session_reaches(&at("https", reached), "id.example.com"), "{reached}");
         }
         for elsewhere in ["badexample.com", "example.com.evil.net", "app.example.org", "com"] {
-            assert!(!shared.session_reaches("https", elsewhere, "id.example.com"), "{elsewhere}");
+            assert!(!shared.session_reaches(&at("https", elsewhere), "id.example.com"), "{elsewhere}");
         }
         // A Secure cookie is not sent over plain HTTP, but to a loopback host; without Secure,
         // it is.
-        assert!(!shared.session_reaches("http", "app.example.com", "id.example.com"));
-        assert!(!host_only.session_reaches("http", "id.example.com", "id.example.com"));
+        assert!(!shared.session_reaches(&at("http", "app.example.com"), "id.example.com"));
+        assert!(!host_only.session_reaches(&at("http", "id.example.com"), "id.example.com"));
         for loopback in ["localhost", "app.localhost", "127.0.0.1", "[::1]"] {
-            assert!(Cookies::new(true, None).session_reaches("http", loopback, loopback), "{loopback}");
+            assert!(Cookies::new(true, None).session_reaches(&at("http", loopback), loopback), "{loopback}");
         }
-        assert!(Cookies::new(false, Some("example.com")).session_reaches("http", "app.example.com", "id.example.com"));
+        assert!(
+            Cookies::new(false, Some("example.com")).session_reaches(&at("http", "app.example.com"), "id.example.com")
+        );
     }
 }

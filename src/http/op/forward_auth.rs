@@ -117,7 +117,7 @@ const MAX_SIGN_IN_URL: usize = 3000;
 /// the query, else to the origin's root: a deep link that cannot be kept still leads to sign-in.
 fn sign_in_url(state: &AppState, headers: &HeaderMap) -> Option<String> {
     let original = url::Url::parse(&original_url(headers)?).ok()?;
-    if !state.cookies.session_reaches(original.scheme(), original.host_str()?, state.flows.public_host()) {
+    if !state.cookies.session_reaches(&original, state.flows.public_host()) {
         return None;
     }
     let own = state.flows.public_origin().is_some_and(|own| own == original.origin().ascii_serialization());

@@ -13,7 +13,7 @@ use super::provider::{
     CODE_TTL, MAX_PARAM_LEN, MAX_PARAMS_LEN, OAuthError, OFFLINE_ACCESS, OpenIdProvider, REQUEST_TTL,
     REQUEST_URI_PREFIX, delta, split_scope,
 };
-use super::tokens::HintCheck;
+use super::tokens::{HintCheck, registered_target};
 use crate::crypto::{random_secret, sha256};
 use crate::domain::{Client, GrantType, IdentityId, UserId};
 use crate::store::{HeldFor, HeldRequest, NewCode, NewGrant, StoreError};
@@ -711,15 +711,12 @@ impl OpenIdProvider {
             return Err(fail("invalid_request", "max_age must be a number of seconds"));
         }
         // Spelled as registered from here on (its tokens' `aud`), however the client spelled it.
-        let resource = match params.resource.as_deref() {
-            Some(asked) => match client.registered_resource(asked) {
-                Some(registered) => Some(registered.to_owned()),
-                None => {
-                    return Err(fail("invalid_target", "resource is not one of the client's registered resources"));
-                }
-            },
-            None => None,
-        };
+        let resource = params
+            .resource
+            .as_deref()
+            .map(|asked| registered_target(&client, asked))
+            .transpose()
+            .map_err(|refused| fail(refused.error, &refused.description))?;
         let after = auth_after(held, now);
         Ok(AuthorizationRequest {
             client,

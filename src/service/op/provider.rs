@@ -167,13 +167,20 @@ impl OpenIdProvider {
         format!("{}{path}", self.issuer)
     }
 
-    /// Which of Tessera's own resources `resource` is, if any.
+    /// Which of Tessera's own resources `resource` is, if any, however it is spelled (as a
+    /// client's registered resources are matched: [`crate::domain::same_resource`]).
     pub fn tessera_resource(&self, resource: &str) -> Option<TesseraResource> {
-        match resource.strip_prefix(self.issuer.as_str())? {
-            API_RESOURCE_PATH => Some(TesseraResource::Api),
-            MCP_RESOURCE_PATH => Some(TesseraResource::Mcp),
+        let exact = match resource.strip_prefix(self.issuer.as_str()) {
+            Some(API_RESOURCE_PATH) => Some(TesseraResource::Api),
+            Some(MCP_RESOURCE_PATH) => Some(TesseraResource::Mcp),
             _ => None,
-        }
+        };
+        exact.or_else(|| {
+            [(API_RESOURCE_PATH, TesseraResource::Api), (MCP_RESOURCE_PATH, TesseraResource::Mcp)]
+                .into_iter()
+                .find(|(path, _)| crate::domain::same_resource(&self.endpoint(path), resource))
+                .map(|(_, which)| which)
+        })
     }
 }
 
