@@ -463,7 +463,7 @@ fn session_cookie_domain(raw: Option<&str>, public_url: Option<&Url>) -> Result<
     };
     let host = host.to_ascii_lowercase();
     let is_name = matches!(url::Host::parse(&domain), Ok(url::Host::Domain(_))) && domain.contains('.');
-    if !is_name || !(host == domain || host.ends_with(&format!(".{domain}"))) {
+    if !is_name || !crate::domain::host_within(&host, &domain) {
         return Err(ConfigError::new(
             KEY,
             format!("expected {host} (auth.public_url's host) or a parent domain of it, such as example.com"),

@@ -355,7 +355,11 @@ impl Client {
     /// both, as registrations from before this matching had to).
     pub fn registered_resource(&self, asked: &str) -> Option<&str> {
         let exact = self.resources.iter().find(|r| *r == asked);
-        exact.or_else(|| self.resources.iter().find(|r| same_resource(r, asked))).map(String::as_str)
+        let spelled_otherwise = || {
+            let asked = url::Url::parse(asked).ok()?;
+            self.resources.iter().find(|r| url::Url::parse(r).is_ok_and(|r| r == asked))
+        };
+        exact.or_else(spelled_otherwise).map(String::as_str)
     }
 
     /// Whether a token whose `aud` is `aud` was issued for it: its id, or one of its resources.

@@ -115,6 +115,11 @@ impl fmt::Display for Issuer {
     }
 }
 
+/// Whether `host` is `domain` or a host under it (on a dot boundary), both in lower case.
+pub fn host_within(host: &str, domain: &str) -> bool {
+    host.strip_suffix(domain).is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
+}
+
 /// Whether `host` is `localhost` (or a host under it) or a loopback address: where browsers and
 /// Tessera's rules allow plain `http`.
 pub fn is_loopback(host: &Host<&str>) -> bool {

@@ -23,7 +23,7 @@ pub use client::{
 };
 pub use email::{DomainName, DomainNameError, Email, EmailError};
 pub use ids::{EventId, IdentityId, ProfileId, TeamId, UserId, WebhookId};
-pub use issuer::{Issuer, IssuerError, is_loopback};
+pub use issuer::{Issuer, IssuerError, host_within, is_loopback};
 pub use model::{
     DomainClaim, Identity, Principal, Role, Team, TeamMembership, TeamRole, User, UserProfile, may_unlink,
 };

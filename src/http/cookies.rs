@@ -74,19 +74,10 @@ impl Cookies {
         if self.secure && url.scheme() != "https" && !crate::domain::is_loopback(&host) {
             return false;
         }
+        // A URL's host is in lower case already, as are the configured ones.
         let host = url.host_str().unwrap_or_default().trim_end_matches('.');
-        match &self.session_domain {
-            _ if host.eq_ignore_ascii_case(own_host) => true,
-            Some(domain) => {
-                let (host, domain) = (host.as_bytes(), domain.as_bytes());
-                match host.len().checked_sub(domain.len()) {
-                    Some(0) => host.eq_ignore_ascii_case(domain),
-                    Some(at) => host[at - 1] == b'.' && host[at..].eq_ignore_ascii_case(domain),
-                    None => false,
-                }
-            }
-            None => false,
-        }
+        host == own_host
+            || self.session_domain.as_deref().is_some_and(|domain| crate::domain::host_within(host, domain))
     }
 }
 

@@ -1334,8 +1334,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     ) -> Result<Option<(GrantRecord, CodeRecord)>, StoreError>;
 
     /// Uses a code once: the one caller that marks it used stores `refresh_hash` (if any) for its
-    /// grant in the same transaction; any later caller finds it used and revokes the grant. A
-    /// code whose grant has ended meanwhile (signed out, revoked) is `Invalid` and stays unused.
+    /// grant in the same transaction; any later caller finds it used and revokes the grant
+    /// (`Replayed`), or finds the grant revoked already and writes nothing (`Invalid`). A code
+    /// whose grant has ended meanwhile (signed out, revoked) is `Invalid` and stays unused.
     async fn redeem_code(
         &self,
         code_hash: &[u8; 32],
@@ -1353,7 +1354,8 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Rotates a refresh token: marks `old` used (keeping the time of its first use) and stores
     /// `new` for the same grant, if the grant still counts. A token first used before
-    /// `reusable_after` (or at all, when it is `None`) revokes its grant instead.
+    /// `reusable_after` (or at all, when it is `None`) revokes its grant instead (`Reused`), or,
+    /// its grant revoked already, writes nothing (`Invalid`).
     async fn rotate_refresh_token(
         &self,
         old: &[u8; 32],

@@ -694,12 +694,11 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         return failed(state, headers, e, "ending a session", again);
     }
     if let Some(hint) = hinted_elsewhere
-        && let (Ok(user), Some(auth_time)) = (hint.sub.parse::<uuid::Uuid>(), hint.auth_time)
+        && let (Ok(user), Some(auth_time)) = (hint.sub.parse::<UserId>(), hint.auth_time)
     {
         // The id token of a client deleted since (after a compromise, say) ends nothing.
         match op.clients().get(&hint.aud).await {
             Ok(Some(_)) => {
-                let user = UserId::from_uuid(user);
                 if let Err(e) = state.sessions.revoke_begun(user, auth_time, SessionEnd::SignedOut).await {
                     return failed(state, headers, e, "ending the session an id_token_hint names", again);
                 }

@@ -110,7 +110,7 @@ const MAX_SIGN_IN_URL: usize = 3000;
 
 /// `/auth/login` with a `return_to` of the URL the browser asked the proxy for, when that is on
 /// Tessera's own origin or an allowed one (`auth.return_to_origins`) and on a host (and scheme:
-/// a `Secure` cookie goes over `https` only) the session cookie reaches: elsewhere the browser, signed in, would come back without the cookie, be sent
+/// a `Secure` cookie goes over `https`, or to a loopback host) the session cookie reaches: elsewhere the browser, signed in, would come back without the cookie, be sent
 /// to sign in again, and loop. A URL too long to come back
 /// to (over 2048 characters, or a sign-in URL over [`MAX_SIGN_IN_URL`] once encoded), or one
 /// holding what a `return_to` may not (a backslash in its query), comes back to its path without

@@ -468,8 +468,8 @@ impl OpenIdProvider {
             // the hint of who was expected (the client compares `sub`), as when a sign-in answers
             // a hint of someone else.
             Decision::AnotherAccount => {
-                let params = AuthorizationParams { login_hint: None, ..request.params.clone() };
-                let request = AuthorizationRequest { params, ..request };
+                let mut request = request;
+                request.params.login_hint = None;
                 // The request is used up: a failure to hold it again is told to the app, as any
                 // failure after validation, not left for it to wait on.
                 let back = (request.redirect_uri.clone(), request.state.clone());

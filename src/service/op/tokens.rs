@@ -20,7 +20,7 @@ use super::keys::{SigningError, VerifyError};
 use super::provider::{MAX_PARAM_LEN, OAuthError, OFFLINE_ACCESS, OpenIdProvider, delta, split_scope};
 use crate::crypto::{constant_time_eq, random_secret, sha256};
 use crate::domain::client_rules::DEFAULT_SCOPES as USER_SCOPES;
-use crate::domain::{Client, GrantType, UserId, UserProfile};
+use crate::domain::{Client, GrantType, UserId, UserProfile, same_resource};
 use crate::store::{GrantRecord, ReadFrom, RedeemOutcome, RotateOutcome, StoreError};
 
 /// The longest access token Tessera mints or reads (an upstream token's bound too): its claims
@@ -348,7 +348,7 @@ impl OpenIdProvider {
             }
             Some(_) => {}
         }
-        same_resource(&form, &grant)?;
+        asks_granted_resource(&form, &grant)?;
         match (&stored.code_challenge, form.code_verifier.as_deref()) {
             (Some(challenge), Some(verifier)) => {
                 if !is_pkce_verifier(verifier) || !constant_time_eq(s256(verifier).as_bytes(), challenge.as_bytes()) {
@@ -430,7 +430,7 @@ impl OpenIdProvider {
         if !grant.active {
             return Err(invalid());
         }
-        same_resource(&form, &grant)?;
+        asks_granted_resource(&form, &grant)?;
         still_registered(client, &grant)?;
         // `offline_access` from a client not registered for it is ignored, as at authorization:
         // libraries send the scope they were configured with again (Authlib does), and the
@@ -1004,11 +1004,9 @@ pub(super) fn registered_target(client: &Client, resource: &str) -> Result<Strin
 
 /// RFC 8707 section 2.2: a code or refresh token yields tokens for the resource it was granted
 /// for; asking for another is `invalid_target`, not a token whose audience the caller did not ask.
-fn same_resource(form: &TokenForm, grant: &GrantRecord) -> Result<(), OAuthError> {
+fn asks_granted_resource(form: &TokenForm, grant: &GrantRecord) -> Result<(), OAuthError> {
     match form.resource.as_deref() {
-        Some(asked)
-            if !grant.resource.as_deref().is_some_and(|granted| crate::domain::same_resource(granted, asked)) =>
-        {
+        Some(asked) if !grant.resource.as_deref().is_some_and(|granted| same_resource(granted, asked)) => {
             Err(OAuthError::invalid_target(
                 "resource differs from the one authorized; another resource needs a new authorization",
             ))
